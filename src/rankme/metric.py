@@ -1,0 +1,278 @@
+"""The streaming, distributed RankMe metric."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+from rankme.functional import (
+    DEFAULT_EPS,
+    RankMeWarning,
+    _centred_gram,
+    _check_embeddings,
+    _check_eps,
+    _effective_rank,
+    _singular_values,
+    _singular_values_from_gram,
+    _warn_capped,
+)
+
+Mode = Literal["gram", "embeddings"]
+NanStrategy = Literal["error", "ignore"]
+_MODES = ("gram", "embeddings")
+_NAN_STRATEGIES = ("error", "ignore")
+
+
+class RankMeSummary(NamedTuple):
+    """Everything one synchronised compute knows: the value, the spectrum and the sizes."""
+
+    value: Tensor
+    """0-dim tensor of the default float dtype: RankMe."""
+    singular_values: Tensor
+    """float64 tensor of the min(N, D) singular values, descending."""
+    num_samples: int
+    """N, the rows accumulated over all ranks."""
+    num_features: int
+    """D, the features per row."""
+
+    @property
+    def normalized(self) -> float:
+        """RankMe divided by its upper bound min(N, D), in (0, 1]."""
+        return float(self.value) / min(self.num_samples, self.num_features)
+
+
+class RankMe(Metric):
+    r"""RankMe (Garrido et al., ICML 2023), accumulated over batches and distributed ranks.
+
+    The paper's value on the stacked (N, D) matrix of every row passed to :meth:`update` on every rank:
+    singular values of the uncentred matrix, ``p_k = s_k / sum(s) + eps``, ``exp(-sum p_k log p_k)``.
+    Everything is accumulated in float64 whatever the input dtype.
+
+    Two modes give the same value (to about 1e-8 relative):
+
+    - ``"gram"`` (default): running float64 sums of ``Z^T Z`` (D x D), of ``Z`` and of N. The state does
+      not grow with N, ranks exchange ``D^2`` numbers per sync, and compute is one ``eigvalsh`` of a
+      D x D matrix, fast even for N in the hundreds of thousands. Pick it unless D is much larger than N.
+    - ``"embeddings"``: keeps every row (N x D float64 in memory, all rows gathered at sync) and takes an
+      exact SVD at compute. Pick it when D is far larger than the number of samples, or to inspect rows.
+      On GPUs with slow float64 the SVD of a tall matrix is much slower than the Gram route.
+
+    Args:
+        mode: ``"gram"`` or ``"embeddings"``, see above.
+        eps: the paper's smoothing constant (1e-7).
+        center: subtract the column mean before taking singular values (off, as in the paper).
+        max_samples: stop accumulating after this many rows in total (the paper uses 25600). Rows past the
+            cap are ignored, first come first kept. Under ``torch.distributed`` with W ranks each rank keeps
+            its first ``max_samples // W`` rows (one more on the first ``max_samples % W`` ranks), so the
+            total is exactly ``max_samples`` when every rank sees its share, whatever the timing. It applies
+            to :meth:`update`; :meth:`forward` is not capped.
+        nan_strategy: ``"error"`` raises on a batch with NaN or infinity and keeps the state as it was before
+            that batch; ``"ignore"`` drops the non-finite rows with a warning that counts them.
+        metric_kwargs: passed to :class:`torchmetrics.Metric` (``process_group``, ``sync_on_compute``, ...).
+
+    Raises:
+        ValueError: for an unknown ``mode`` or ``nan_strategy``, ``eps < 0`` or ``max_samples < 1``.
+
+    Example:
+        >>> import torch
+        >>> from rankme import RankMe
+        >>> metric = RankMe()
+        >>> for batch in torch.eye(8).split(3):
+        ...     metric.update(batch)
+        >>> round(metric.compute().item(), 3)
+        8.0
+        >>> summary = metric.summary()
+        >>> summary.num_samples, summary.num_features, summary.singular_values.shape
+        (8, 8, torch.Size([8]))
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+    plot_lower_bound = 1.0
+
+    gram: Tensor
+    feature_sum: Tensor
+    num_rows: Tensor
+    embeddings: list[Tensor]
+
+    def __init__(
+        self,
+        mode: Mode = "gram",
+        eps: float = DEFAULT_EPS,
+        center: bool = False,
+        max_samples: int | None = None,
+        nan_strategy: NanStrategy = "error",
+        **metric_kwargs: Any,
+    ) -> None:
+        super().__init__(**metric_kwargs)
+        if mode not in _MODES:
+            raise ValueError(f"Expected argument `mode` to be one of {_MODES}, but got {mode!r}.")
+        _check_eps(eps)
+        if max_samples is not None and (
+            isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
+        ):
+            raise ValueError(
+                f"Expected argument `max_samples` to be None or an int >= 1 (the paper uses 25600), but got"
+                f" {max_samples!r}."
+            )
+        if nan_strategy not in _NAN_STRATEGIES:
+            raise ValueError(
+                f"Expected argument `nan_strategy` to be one of {_NAN_STRATEGIES}, but got {nan_strategy!r}."
+            )
+        if not isinstance(center, bool):
+            raise ValueError(f"Expected argument `center` to be a bool, but got {center!r}.")
+        self.mode = mode
+        self.eps = float(eps)
+        self.center = center
+        self.max_samples = max_samples
+        self.nan_strategy = nan_strategy
+        self._warned_capped = False
+
+        self.add_state("num_rows", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        if mode == "gram":
+            # D is only known at the first update: the states start empty and are sized then.
+            self.add_state("gram", default=torch.zeros(0, 0, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state("feature_sum", default=torch.zeros(0, dtype=torch.float64), dist_reduce_fx="sum")
+        else:
+            self.add_state("embeddings", default=[], dist_reduce_fx="cat")
+
+    @property
+    def num_features(self) -> int | None:
+        """D, once this process has seen a batch; None before (and after :meth:`reset`)."""
+        if self.mode == "gram":
+            return self.gram.shape[0] or None
+        return self.embeddings[0].shape[1] if self.embeddings else None
+
+    def _size_states(self, num_features: int) -> None:
+        """Give the empty states their (D x D), (D,) or (0, D) shape; a no-op once they have it."""
+        if self.num_features is not None:
+            return
+        if self.mode == "gram":
+            self.gram = torch.zeros(num_features, num_features, dtype=torch.float64, device=self.device)
+            self.feature_sum = torch.zeros(num_features, dtype=torch.float64, device=self.device)
+        else:
+            self.embeddings.append(torch.zeros(0, num_features, dtype=torch.float64, device=self.device))
+
+    def _local_quota(self) -> int | None:
+        """How many rows this rank may keep under ``max_samples``, or None for no cap."""
+        if self.max_samples is None:
+            return None
+        distributed = callable(self.distributed_available_fn) and self.distributed_available_fn()
+        world_size = torch.distributed.get_world_size(self.process_group) if distributed else 1
+        rank = torch.distributed.get_rank(self.process_group) if distributed else 0
+        return self.max_samples // world_size + int(rank < self.max_samples % world_size)
+
+    def update(self, z: Tensor) -> None:
+        """Add a (batch, D) tensor of embeddings; no autograd graph is kept.
+
+        Raises:
+            ValueError: if ``z`` is not a 2-D floating tensor, its D differs from earlier batches, or it holds
+                NaN or infinity under ``nan_strategy="error"``. The state is then left as it was.
+        """
+        _check_embeddings(z, self.num_features)
+        z64 = z.detach().to(device=self.device, dtype=torch.float64)
+        finite = torch.isfinite(z64).all(dim=1)
+        if not bool(finite.all()):
+            dropped = int((~finite).sum())
+            if self.nan_strategy == "error":
+                raise ValueError(
+                    f"Expected finite embeddings, but {dropped} of {z.shape[0]} rows hold NaN or infinity; nothing"
+                    " from this batch was added. Pass `nan_strategy='ignore'` to drop such rows instead."
+                )
+            warnings.warn(
+                f"Dropped {dropped} of {z.shape[0]} rows holding NaN or infinity.", RankMeWarning, stacklevel=2
+            )
+            z64 = z64[finite]
+        quota = self._local_quota()
+        if quota is not None:
+            z64 = z64[: max(quota - int(self.num_rows), 0)]
+
+        self._size_states(z.shape[1])
+        self.num_rows += z64.shape[0]
+        if self.mode == "gram":
+            self.gram.addmm_(z64.T, z64)
+            self.feature_sum += z64.sum(dim=0)
+        elif z64.shape[0]:
+            self.embeddings.append(z64)
+
+    def _local_summary(self) -> RankMeSummary:
+        """The summary of whatever state this process holds now (synchronised or not)."""
+        num_samples = int(self.num_rows)
+        num_features = self.num_features
+        if num_samples == 0 or num_features is None:
+            raise ValueError(
+                "RankMe has no samples to compute on: no rows reached `update` on any process (or all were dropped"
+                " as non-finite). Feed at least one batch of embeddings before `compute()`."
+            )
+        if num_samples < num_features and not self._warned_capped:
+            self._warned_capped = True
+            _warn_capped(num_samples, num_features)
+        if self.mode == "gram":
+            gram = _centred_gram(self.gram, self.feature_sum, num_samples) if self.center else self.gram
+            singular_values = _singular_values_from_gram(gram, num_samples)
+        else:
+            singular_values = _singular_values(torch.cat(self.embeddings), self.center)
+        value = _effective_rank(singular_values, self.eps).to(torch.get_default_dtype())
+        return RankMeSummary(value, singular_values, num_samples, num_features)
+
+    def compute(self) -> Tensor:
+        """RankMe of every row accumulated on every rank, as a 0-dim tensor on the metric's device.
+
+        A collective under ``torch.distributed``: call it on every rank.
+
+        Raises:
+            ValueError: if no rows were accumulated on any rank.
+        """
+        return self._local_summary().value
+
+    def summary(self) -> RankMeSummary:
+        """The value, the spectrum (min(N, D) singular values, descending) and N and D, from one sync.
+
+        A collective under ``torch.distributed``, like :meth:`compute`: call it on every rank.
+        """
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn,
+            should_sync=self.sync_on_compute,
+            distributed_available=self.distributed_available_fn,
+        ):
+            return self._local_summary()
+
+    def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None) -> None:
+        """Agree on D across ranks first, so a rank that saw no rows sends states of the right shape."""
+        local = torch.tensor(self.num_features or 0, device=self.device)
+        sizes = {int(d) for d in dist_sync_fn(local, group=process_group or self.process_group)} - {0}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"Expected every process to feed embeddings of one size, but they saw D in {sorted(sizes)}."
+                " Check that each rank monitors the same layer."
+            )
+        if sizes:
+            self._size_states(sizes.pop())
+        super()._sync_dist(dist_sync_fn, process_group)
+
+    def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
+        """Merge states (used by ``forward`` and ``merge_state``) once both sides have their shapes."""
+        if self.mode == "gram":
+            incoming_features = incoming_state["gram"].shape[0]
+        else:
+            incoming_features = incoming_state["embeddings"][0].shape[1] if incoming_state["embeddings"] else 0
+        if incoming_features and self.num_features not in (None, incoming_features):
+            raise ValueError(
+                f"Expected states of one feature size, but got D={incoming_features} and D={self.num_features}."
+            )
+        if incoming_features and self.num_features is None:
+            self._size_states(incoming_features)
+        if self.mode == "gram" and self.num_features and not incoming_features:
+            incoming_state = {
+                **incoming_state,
+                "gram": torch.zeros_like(self.gram),
+                "feature_sum": torch.zeros_like(self.feature_sum),
+            }
+        super()._reduce_states(incoming_state)

@@ -9,8 +9,9 @@ embeddings: about 1 for a collapsed encoder, up to min(N, D) for one that uses e
 4.0
 """
 
+from rankme.callback import RankMeCallback
 from rankme.functional import RankMeWarning, rankme
 from rankme.metric import RankMe, RankMeSummary
 
-__all__ = ["RankMe", "RankMeSummary", "RankMeWarning", "rankme"]
+__all__ = ["RankMe", "RankMeCallback", "RankMeSummary", "RankMeWarning", "rankme"]
 __version__ = "0.1.0"

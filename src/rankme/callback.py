@@ -1,0 +1,336 @@
+"""RankMe of an encoder at every validation epoch, as a Lightning callback."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
+
+from rankme.functional import DEFAULT_EPS
+from rankme.metric import Mode, RankMe, RankMeSummary
+
+_SPECTRUM_POINTS = 256
+
+
+class RankMeCallback(Callback):
+    """Log RankMe of an encoder's validation outputs at the end of every validation epoch, label-free.
+
+    The outputs come from exactly one source: ``module``, the dotted name of a submodule whose forward
+    output is captured by a hook while validation steps run (every call in a step counts, extra views
+    included), or ``output_key``, a key of the dict that ``validation_step`` returns. A
+    :class:`rankme.RankMe` metric accumulates them on the model's device across all ranks, and at the end
+    of the epoch the callback logs, on every rank:
+
+    - ``name``: RankMe, for ``ModelCheckpoint(monitor=name, mode="max")`` and
+      ``EarlyStopping(monitor=name, mode="max")`` (in any callback order);
+    - ``name + "_normalized"``: RankMe / min(N, D), in (0, 1];
+    - ``name + "_num_samples"``: N, over all ranks;
+    - with a :class:`~lightning.pytorch.loggers.WandbLogger` and ``log_spectrum``, ``name + "_spectrum"``:
+      the normalised singular values of every epoch so far, one line each.
+
+    The sanity check is skipped (its batches only check the settings). Under DDP the value covers the
+    validation data of every rank; note that the default ``DistributedSampler`` pads the last shard by
+    repeating samples when the dataset size does not divide by the number of ranks.
+
+    Args:
+        module: dotted name of the submodule to capture (``"backbone"``, ``"encoder.head"``).
+        output_key: key of the dict returned by ``validation_step`` that holds the embeddings.
+        name: the logged key. Avoid ``/``: checkpoint filename templates turn it into folders.
+        mode: the metric's mode, ``"gram"`` (default, state D x D) or ``"embeddings"`` (keeps the rows).
+        eps: the paper's smoothing constant.
+        center: subtract the column mean before taking singular values.
+        max_samples: cap on the rows per epoch over all ranks (the paper uses 25600); None keeps all.
+        dataloader_idx: which validation dataloader to monitor.
+        every_n_epochs: compute every n-th fitting epoch (always in ``trainer.validate``).
+        transform: maps a captured output (tuple, tokens, feature map) to a (batch, D) tensor.
+        log_spectrum: log the spectrum plot when a ``WandbLogger`` is attached.
+        prog_bar: show the value in the progress bar.
+        collapse_threshold: warn when ``name + "_normalized"`` falls below it; to also stop, add
+            :meth:`collapse_early_stopping` to the trainer's callbacks.
+
+    Raises:
+        MisconfigurationException: if neither or both of ``module`` and ``output_key`` are given, or
+            another argument is invalid.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.callbacks import ModelCheckpoint
+        >>> from rankme import RankMeCallback
+        >>> rankme_cb = RankMeCallback(module="backbone")
+        >>> trainer = Trainer(callbacks=[rankme_cb, ModelCheckpoint(monitor="rankme", mode="max")],
+        ...                   logger=False, enable_progress_bar=False, enable_model_summary=False)
+    """
+
+    def __init__(
+        self,
+        module: str | None = None,
+        output_key: str | None = None,
+        name: str = "rankme",
+        mode: Mode = "gram",
+        eps: float = DEFAULT_EPS,
+        center: bool = False,
+        max_samples: int | None = None,
+        dataloader_idx: int = 0,
+        every_n_epochs: int = 1,
+        transform: Callable[[Any], Tensor] | None = None,
+        log_spectrum: bool = True,
+        prog_bar: bool = True,
+        collapse_threshold: float | None = None,
+    ) -> None:
+        if (module is None) == (output_key is None):
+            raise MisconfigurationException(
+                "RankMeCallback needs exactly one source of embeddings: `module='backbone'` (a submodule whose"
+                f" output is captured) or `output_key='z'` (a key of validation_step's dict); got module={module!r}"
+                f" and output_key={output_key!r}."
+            )
+        for arg, value in (("module", module), ("output_key", output_key), ("name", name)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise MisconfigurationException(f"Expected argument `{arg}` to be a non-empty str, but got {value!r}.")
+        for arg, value in (("dataloader_idx", dataloader_idx), ("every_n_epochs", every_n_epochs)):
+            lowest = 0 if arg == "dataloader_idx" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                raise MisconfigurationException(
+                    f"Expected argument `{arg}` to be an int >= {lowest}, but got {value!r}."
+                )
+        if transform is not None and not callable(transform):
+            raise MisconfigurationException(f"Expected argument `transform` to be callable, but got {transform!r}.")
+        if collapse_threshold is not None and not 0 < collapse_threshold <= 1:
+            raise MisconfigurationException(
+                f"Expected argument `collapse_threshold` to be in (0, 1] (it bounds RankMe / min(N, D)), but got"
+                f" {collapse_threshold!r}."
+            )
+        try:
+            self.metric = RankMe(mode=mode, eps=eps, center=center, max_samples=max_samples)
+        except ValueError as err:
+            raise MisconfigurationException(str(err)) from err
+        self.module = module
+        self.output_key = output_key
+        self.name = name
+        self.dataloader_idx = dataloader_idx
+        self.every_n_epochs = every_n_epochs
+        self.transform = transform
+        self.log_spectrum = log_spectrum
+        self.prog_bar = prog_bar
+        self.collapse_threshold = collapse_threshold
+        self.history: list[dict[str, float]] = []
+        """One entry per computed epoch: epoch, global_step, value, normalized, num_samples."""
+        self._spectra: list[tuple[int, list[float]]] = []
+        self._hook: RemovableHandle | None = None
+        self._active = False
+        self._in_monitored_batch = False
+        self._non_finite_batches = 0
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name, module=self.module, output_key=self.output_key)
+
+    def collapse_early_stopping(self, threshold: float | None = None) -> EarlyStopping:
+        """A Lightning ``EarlyStopping`` that stops when ``name + "_normalized"`` falls below ``threshold``.
+
+        It also stops on a NaN value (non-finite embeddings). ``threshold`` defaults to ``collapse_threshold``.
+
+        Example:
+            >>> from rankme import RankMeCallback
+            >>> guard = RankMeCallback(module="backbone", collapse_threshold=0.05)
+            >>> guard.collapse_early_stopping().divergence_threshold
+            0.05
+        """
+        threshold = self.collapse_threshold if threshold is None else threshold
+        if threshold is None:
+            raise MisconfigurationException("Pass `threshold=` or set `collapse_threshold` on the RankMeCallback.")
+        return EarlyStopping(
+            monitor=f"{self.name}_normalized",
+            mode="max",
+            divergence_threshold=threshold,
+            patience=sys.maxsize,
+            check_finite=True,
+            strict=False,
+        )
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.module is not None:
+            self._submodule(pl_module)  # fail now, before any training time is spent
+
+    def _submodule(self, pl_module: LightningModule) -> nn.Module:
+        assert self.module is not None
+        try:
+            return pl_module.get_submodule(self.module)
+        except AttributeError:
+            names = [name for name, _ in pl_module.named_modules() if name]
+            close = difflib.get_close_matches(self.module, names, n=5, cutoff=0.4)
+            hint = f" Did you mean {close}?" if close else f" Its submodules are {names[:20]}."
+            raise MisconfigurationException(
+                f"RankMeCallback(module={self.module!r}): {type(pl_module).__name__} has no such submodule.{hint}"
+            ) from None
+
+    def _monitors_this_epoch(self, trainer: Trainer) -> bool:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return True
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    @override
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._active = self._monitors_this_epoch(trainer)
+        if not self._active:
+            return
+        self.metric.reset()
+        self.metric.to(pl_module.device)
+        self._non_finite_batches = 0
+        if self.module is not None:
+            self._remove_hook()
+            self._hook = self._submodule(pl_module).register_forward_hook(self._capture_hook)
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._in_monitored_batch = self._active and dataloader_idx == self.dataloader_idx
+
+    def _capture_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._in_monitored_batch:
+            self._update(output, f"the output of submodule {self.module!r}")
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self.output_key is not None and self._in_monitored_batch:
+            if not isinstance(outputs, Mapping) or self.output_key not in outputs:
+                got = f"a dict with keys {list(outputs)}" if isinstance(outputs, Mapping) else repr(type(outputs))
+                raise MisconfigurationException(
+                    f"RankMeCallback(output_key={self.output_key!r}) needs validation_step to return a dict holding"
+                    f" the embeddings under {self.output_key!r}, but it returned {got}."
+                )
+            self._update(outputs[self.output_key], f"validation_step's output[{self.output_key!r}]")
+        self._in_monitored_batch = False
+
+    def _update(self, output: Any, source: str) -> None:
+        with torch.no_grad():
+            z = self.transform(output) if self.transform is not None else output
+            if not isinstance(z, Tensor) or z.ndim != 2:
+                shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+                raise MisconfigurationException(
+                    f"RankMeCallback expects {source} to be a (batch, features) tensor, but got {shape}. Pass"
+                    " `transform=` to map it, e.g. `lambda out: out[0]` for a tuple, `lambda x: x[:, 0]` for ViT"
+                    " tokens or `lambda x: x.mean(dim=(2, 3))` for feature maps."
+                )
+            if not torch.isfinite(z).all():
+                self._non_finite_batches += 1
+                return
+            try:
+                self.metric.update(z)
+            except ValueError as err:
+                raise MisconfigurationException(f"RankMeCallback on {source}: {err}") from err
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._remove_hook()
+        if not self._active or trainer.sanity_checking:
+            return
+        self._active = False
+        non_finite = trainer.strategy.reduce(
+            torch.tensor(float(self._non_finite_batches), device=pl_module.device), reduce_op="sum"
+        )
+        if non_finite > 0:
+            rank_zero_warn(
+                f"RankMeCallback({self.name!r}): {int(non_finite)} validation batches held NaN or infinite embeddings"
+                f" at epoch {trainer.current_epoch}; logging {self.name}=nan so checkpointing treats it as the worst."
+            )
+            self._log(trainer, pl_module, math.nan, math.nan, math.nan)
+            return
+        try:
+            summary = self.metric.summary()
+        except ValueError as err:  # raised alike on every rank, from synchronised state
+            rank_zero_warn(f"RankMeCallback({self.name!r}) logs nothing at epoch {trainer.current_epoch}: {err}")
+            return
+        finally:
+            self.metric.reset()
+        self._log(trainer, pl_module, float(summary.value), summary.normalized, float(summary.num_samples))
+        if self.collapse_threshold is not None and summary.normalized < self.collapse_threshold:
+            rank_zero_warn(
+                f"RankMeCallback({self.name!r}): RankMe / min(N, D) = {summary.normalized:.4f} is below"
+                f" collapse_threshold={self.collapse_threshold} at epoch {trainer.current_epoch}: the"
+                " representations may be collapsing."
+            )
+        if self.log_spectrum:
+            self._log_spectrum(trainer, summary)
+
+    def _log(self, trainer: Trainer, pl_module: LightningModule, value: float, normalized: float, n: float) -> None:
+        # The values are already identical on every rank; "max" over ranks keeps them exactly.
+        options: dict[str, Any] = {"sync_dist": True, "reduce_fx": "max", "add_dataloader_idx": False}
+        device = pl_module.device
+        pl_module.log(self.name, torch.tensor(value, device=device), prog_bar=self.prog_bar, **options)
+        pl_module.log(f"{self.name}_normalized", torch.tensor(normalized, device=device), **options)
+        pl_module.log(f"{self.name}_num_samples", torch.tensor(n, device=device), **options)
+        self.history.append(
+            {
+                "epoch": trainer.current_epoch,
+                "global_step": trainer.global_step,
+                "value": value,
+                "normalized": normalized,
+                "num_samples": n,
+            }
+        )
+
+    def _log_spectrum(self, trainer: Trainer, summary: RankMeSummary) -> None:
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if not loggers or trainer.global_rank != 0:
+            return
+        import wandb
+
+        spectrum = summary.singular_values / summary.singular_values.sum()
+        index = torch.linspace(0, len(spectrum) - 1, min(len(spectrum), _SPECTRUM_POINTS)).round().long().unique()
+        self._spectra.append((trainer.current_epoch, spectrum[index.to(spectrum.device)].tolist()))
+        plot = wandb.plot.line_series(
+            xs=[(index + 1).tolist() for _ in self._spectra],
+            ys=[values for _, values in self._spectra],
+            keys=[f"epoch {epoch}" for epoch, _ in self._spectra],
+            title=f"{self.name}: normalised singular values",
+            xname="k",
+        )
+        for logger in loggers:
+            logger.experiment.log({f"{self.name}_spectrum": plot, "trainer/global_step": trainer.global_step})
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._remove_hook()
+        self._in_monitored_batch = False
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._remove_hook()
+        self._active = self._in_monitored_batch = False
+        self.metric.reset()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(entry) for entry in self.history]}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(entry) for entry in state_dict.get("history", [])]

@@ -309,7 +309,7 @@ class RankMeCallback(Callback):
             xname="k",
         )
         for logger in loggers:
-            logger.experiment.log({f"{self.name}_spectrum": plot, "trainer/global_step": trainer.global_step})
+            logger.log_metrics({f"{self.name}_spectrum": plot}, step=trainer.global_step)
 
     def _remove_hook(self) -> None:
         if self._hook is not None:

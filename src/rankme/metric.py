@@ -9,6 +9,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from rankme.functional import (
@@ -148,6 +149,8 @@ class RankMe(Metric):
         """D, once this process has seen a batch; None before (and after :meth:`reset`)."""
         if self.mode == "gram":
             return self.gram.shape[0] or None
+        if isinstance(self.embeddings, Tensor):  # after a sync, the rows of every rank in one tensor
+            return self.embeddings.shape[1]
         return self.embeddings[0].shape[1] if self.embeddings else None
 
     def _size_states(self, num_features: int) -> None:
@@ -218,7 +221,7 @@ class RankMe(Metric):
             gram = _centred_gram(self.gram, self.feature_sum, num_samples) if self.center else self.gram
             singular_values = _singular_values_from_gram(gram, num_samples)
         else:
-            singular_values = _singular_values(torch.cat(self.embeddings), self.center)
+            singular_values = _singular_values(dim_zero_cat(self.embeddings), self.center)
         value = _effective_rank(singular_values, self.eps).to(torch.get_default_dtype())
         return RankMeSummary(value, singular_values, num_samples, num_features)
 

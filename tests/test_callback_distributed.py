@@ -1,0 +1,68 @@
+"""RankMeCallback under real DDP: two CPU processes (ddp_spawn, gloo)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from callback_models import Encoder, loader
+from conftest import reference_rankme
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from rankme import RankMeCallback
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+class WriteLoggedPerRank(Callback):
+    """Each rank writes what it sees logged, so the main process can compare ranks."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        path = self.folder / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.json"
+        path.write_text(json.dumps({k: float(v) for k, v in trainer.callback_metrics.items()}))
+
+
+def test_ddp_value_equals_one_process_over_all_data_on_every_rank(tmp_path: Path) -> None:
+    # lr=0 keeps the weights fixed, so the main process can recompute the reference embeddings
+    model = Encoder(lr=0.0)
+    val = loader(64, batch_size=8, seed=7)  # 64 rows divide evenly over 2 ranks: no sampler padding
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="rankme", mode="max", filename="{epoch}")
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[
+            checkpoint,
+            EarlyStopping(monitor="rankme", mode="max", patience=5),
+            RankMeCallback(module="backbone"),
+            RankMeCallback(output_key="z", name="rankme_projector", mode="embeddings"),
+            WriteLoggedPerRank(tmp_path),
+        ],
+    )
+    trainer.fit(model, loader(32, batch_size=8), val)
+
+    with torch.no_grad():
+        x = val.dataset.tensors[0]
+        backbone = reference_rankme(model.backbone(x))
+        projector = reference_rankme(model(x))
+    for rank in (0, 1):
+        for epoch in (0, 1):
+            logged = json.loads((tmp_path / f"rank{rank}-epoch{epoch}.json").read_text())
+            assert logged["rankme"] == pytest.approx(backbone, rel=1e-6)
+            assert logged["rankme_projector"] == pytest.approx(projector, rel=1e-6)
+            assert logged["rankme_num_samples"] == 64
+    assert float(trainer.callback_metrics["rankme"]) == pytest.approx(backbone, rel=1e-6)
+    assert Path(checkpoint.best_model_path).exists()

@@ -98,11 +98,10 @@ class RankMeCallback(Callback):
         for arg, value in (("module", module), ("output_key", output_key), ("name", name)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise MisconfigurationException(f"Expected argument `{arg}` to be a non-empty str, but got {value!r}.")
-        for arg, value in (("dataloader_idx", dataloader_idx), ("every_n_epochs", every_n_epochs)):
-            lowest = 0 if arg == "dataloader_idx" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        for arg, number, lowest in (("dataloader_idx", dataloader_idx, 0), ("every_n_epochs", every_n_epochs, 1)):
+            if isinstance(number, bool) or not isinstance(number, int) or number < lowest:
                 raise MisconfigurationException(
-                    f"Expected argument `{arg}` to be an int >= {lowest}, but got {value!r}."
+                    f"Expected argument `{arg}` to be an int >= {lowest}, but got {number!r}."
                 )
         if transform is not None and not callable(transform):
             raise MisconfigurationException(f"Expected argument `transform` to be callable, but got {transform!r}.")
@@ -308,8 +307,9 @@ class RankMeCallback(Callback):
             title=f"{self.name}: normalised singular values",
             xname="k",
         )
+        chart: dict[str, Any] = {f"{self.name}_spectrum": plot}
         for logger in loggers:
-            logger.log_metrics({f"{self.name}_spectrum": plot}, step=trainer.global_step)
+            logger.log_metrics(chart, step=trainer.global_step)
 
     def _remove_hook(self) -> None:
         if self._hook is not None:

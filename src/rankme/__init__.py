@@ -9,9 +9,22 @@ embeddings: about 1 for a collapsed encoder, up to min(N, D) for one that uses e
 4.0
 """
 
-from rankme.callback import RankMeCallback
+from typing import TYPE_CHECKING, Any
+
 from rankme.functional import RankMeWarning, rankme
 from rankme.metric import RankMe, RankMeSummary
 
+if TYPE_CHECKING:
+    from rankme.callback import RankMeCallback
+
 __all__ = ["RankMe", "RankMeCallback", "RankMeSummary", "RankMeWarning", "rankme"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The callback imports lightning (seconds); load it only when asked, so the metric and the CLI start fast.
+    if name == "RankMeCallback":
+        from rankme.callback import RankMeCallback
+
+        return RankMeCallback
+    raise AttributeError(f"module 'rankme' has no attribute {name!r}")

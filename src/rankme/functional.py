@@ -80,11 +80,6 @@ def _singular_values_from_gram(gram: Tensor, num_samples: int) -> Tensor:
     return eigenvalues.flip(0)[:keep].clamp(min=0).sqrt()
 
 
-def _centred_gram(gram: Tensor, feature_sum: Tensor, num_samples: int) -> Tensor:
-    """The Gram matrix of the column-centred rows, from the sums of ``z^T z`` and of ``z``."""
-    return gram - torch.outer(feature_sum, feature_sum) / num_samples
-
-
 def _singular_values(z: Tensor, center: bool) -> Tensor:
     """The min(N, D) singular values, descending, of ``z`` (column-centred first if asked), by float64 SVD."""
     z64 = z.detach().to(torch.float64)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.nn import Module
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
@@ -15,7 +16,6 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from rankme.functional import (
     DEFAULT_EPS,
     RankMeWarning,
-    _centred_gram,
     _check_embeddings,
     _check_eps,
     _effective_rank,
@@ -57,9 +57,13 @@ class RankMe(Metric):
 
     Two modes give the same value (to about 1e-8 relative):
 
-    - ``"gram"`` (default): running float64 sums of ``Z^T Z`` (D x D), of ``Z`` and of N. The state does
-      not grow with N, ranks exchange ``D^2`` numbers per sync, and compute is one ``eigvalsh`` of a
-      D x D matrix, fast even for N in the hundreds of thousands. Pick it unless D is much larger than N.
+    - ``"gram"`` (default): a running float64 ``Z^T Z`` (D x D) and N; with ``center=True`` the scatter
+      matrix about the running mean instead, merged between batches and ranks with Chan's formula, so a
+      large offset never cancels catastrophically. The state does not grow with N, ranks exchange about
+      ``D^2`` numbers per sync, and compute is one ``eigvalsh`` of a D x D matrix, fast even for N in the
+      hundreds of thousands. Pick it unless D is much larger than N. Singular values below about
+      ``1e-8 * s_1`` are at the float64 Gram's rounding floor: on exactly rank-deficient data the value can
+      differ from an SVD's by up to about 1e-4 relative at D=2048 (1e-6 or better on the other spectra).
     - ``"embeddings"``: keeps every row (N x D float64 in memory, all rows gathered at sync) and takes an
       exact SVD at compute. Pick it when D is far larger than the number of samples, or to inspect rows.
       On GPUs with slow float64 the SVD of a tall matrix is much slower than the Gram route.
@@ -99,7 +103,7 @@ class RankMe(Metric):
     plot_lower_bound = 1.0
 
     gram: Tensor
-    feature_sum: Tensor
+    mean: Tensor
     num_rows: Tensor
     embeddings: list[Tensor]
 
@@ -138,9 +142,12 @@ class RankMe(Metric):
 
         self.add_state("num_rows", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         if mode == "gram":
-            # D is only known at the first update: the states start empty and are sized then.
+            # D is only known at the first update: the states start empty and are sized then. Uncentred, `gram`
+            # is the sum of z^T z; centred, it is the scatter about this process's `mean`, which _sync_dist
+            # re-centres on the global mean before summing (the gathered means are not used after that).
             self.add_state("gram", default=torch.zeros(0, 0, dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state("feature_sum", default=torch.zeros(0, dtype=torch.float64), dist_reduce_fx="sum")
+            if center:
+                self.add_state("mean", default=torch.zeros(0, dtype=torch.float64), dist_reduce_fx=None)
         else:
             self.add_state("embeddings", default=[], dist_reduce_fx="cat")
 
@@ -150,7 +157,7 @@ class RankMe(Metric):
         if self.mode == "gram":
             return self.gram.shape[0] or None
         if isinstance(self.embeddings, Tensor):  # after a sync, the rows of every rank in one tensor
-            return self.embeddings.shape[1]
+            return self.embeddings.shape[1] if self.embeddings.ndim == 2 else None  # 1-D: no rank had rows
         return self.embeddings[0].shape[1] if self.embeddings else None
 
     def _size_states(self, num_features: int) -> None:
@@ -159,7 +166,8 @@ class RankMe(Metric):
             return
         if self.mode == "gram":
             self.gram = torch.zeros(num_features, num_features, dtype=torch.float64, device=self.device)
-            self.feature_sum = torch.zeros(num_features, dtype=torch.float64, device=self.device)
+            if self.center:
+                self.mean = torch.zeros(num_features, dtype=torch.float64, device=self.device)
         else:
             self.embeddings.append(torch.zeros(0, num_features, dtype=torch.float64, device=self.device))
 
@@ -198,12 +206,27 @@ class RankMe(Metric):
             z64 = z64[: max(quota - int(self.num_rows), 0)]
 
         self._size_states(z.shape[1])
-        self.num_rows += z64.shape[0]
-        if self.mode == "gram":
+        if self.mode == "embeddings":
+            if z64.shape[0]:
+                self.embeddings.append(z64)
+        elif not self.center:
             self.gram.addmm_(z64.T, z64)
-            self.feature_sum += z64.sum(dim=0)
         elif z64.shape[0]:
-            self.embeddings.append(z64)
+            # Centre on the first row before averaging, so identical rows give an exactly zero scatter.
+            deviations = z64 - z64[0]
+            deviation_mean = deviations.mean(dim=0)
+            deviations -= deviation_mean
+            self._merge_centred(z64.shape[0], z64[0] + deviation_mean, deviations.T @ deviations)
+        self.num_rows += z64.shape[0]
+
+    def _merge_centred(self, count: int, mean: Tensor, scatter: Tensor) -> None:
+        """Add a group of rows given by its count, mean and scatter matrix (Chan et al.'s pairwise update)."""
+        total = int(self.num_rows) + count
+        if count == 0:
+            return
+        delta = mean - self.mean
+        self.gram += scatter + torch.outer(delta, delta) * (int(self.num_rows) * count / total)
+        self.mean += delta * (count / total)
 
     def _local_summary(self) -> RankMeSummary:
         """The summary of whatever state this process holds now (synchronised or not)."""
@@ -218,8 +241,7 @@ class RankMe(Metric):
             self._warned_capped = True
             _warn_capped(num_samples, num_features)
         if self.mode == "gram":
-            gram = _centred_gram(self.gram, self.feature_sum, num_samples) if self.center else self.gram
-            singular_values = _singular_values_from_gram(gram, num_samples)
+            singular_values = _singular_values_from_gram(self.gram, num_samples)
         else:
             singular_values = _singular_values(dim_zero_cat(self.embeddings), self.center)
         value = _effective_rank(singular_values, self.eps).to(torch.get_default_dtype())
@@ -258,7 +280,33 @@ class RankMe(Metric):
             )
         if sizes:
             self._size_states(sizes.pop())
+            if self.mode == "gram" and self.center:
+                self._centre_on_global_mean(dist_sync_fn, process_group or self.process_group)
         super()._sync_dist(dist_sync_fn, process_group)
+
+    def _centre_on_global_mean(self, dist_sync_fn: Callable, group: Any | None) -> None:
+        """Turn this rank's scatter about its own mean into its scatter about the mean of all ranks."""
+        counts = torch.stack(dist_sync_fn(self.num_rows, group=group)).to(torch.float64)
+        means = torch.stack(dist_sync_fn(self.mean, group=group))
+        if counts.sum() == 0:
+            return
+        # Offsets from the first rank's mean, so ranks that hold identical rows give an exactly zero delta.
+        offsets = means - means[0]
+        delta = (self.mean - means[0]) - (counts[:, None] * offsets).sum(dim=0) / counts.sum()
+        self.gram = self.gram + torch.outer(delta, delta) * float(self.num_rows)
+
+    def _apply(self, fn: Callable, exclude_state: Sequence[str] = "") -> Module:
+        """Let ``.to(device)`` move the states, but never change their dtype (float64 sums, int64 count).
+
+        ``.to(dtype)`` and ``set_dtype`` would otherwise cast them, losing the exactness and breaking ``"gram"``
+        updates; Lightning's ``"*-true"`` precisions call ``.to(dtype)`` on every submodule.
+        """
+
+        def keep_dtype(tensor: Tensor) -> Tensor:
+            moved = fn(tensor)
+            return moved if moved.dtype == tensor.dtype else tensor.to(moved.device)
+
+        return super()._apply(keep_dtype, exclude_state)
 
     def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
         """Merge states (used by ``forward`` and ``merge_state``) once both sides have their shapes."""
@@ -272,10 +320,12 @@ class RankMe(Metric):
             )
         if incoming_features and self.num_features is None:
             self._size_states(incoming_features)
+        if self.mode == "gram" and self.center:
+            if incoming_features:
+                count = int(incoming_state["num_rows"])
+                self._merge_centred(count, incoming_state["mean"], incoming_state["gram"])
+                self.num_rows += count
+            return
         if self.mode == "gram" and self.num_features and not incoming_features:
-            incoming_state = {
-                **incoming_state,
-                "gram": torch.zeros_like(self.gram),
-                "feature_sum": torch.zeros_like(self.feature_sum),
-            }
+            incoming_state = {**incoming_state, "gram": torch.zeros_like(self.gram)}
         super()._reduce_states(incoming_state)

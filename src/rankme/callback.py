@@ -21,7 +21,8 @@ from typing_extensions import override
 from rankme.functional import DEFAULT_EPS
 from rankme.metric import Mode, RankMe, RankMeSummary
 
-_SPECTRUM_POINTS = 256
+_SPECTRUM_POINTS = 128  # points per plotted spectrum, log-spaced in k
+_SPECTRUM_CURVES = 8  # epochs drawn in one plot: the first, the latest and evenly spaced ones between
 
 
 class RankMeCallback(Callback):
@@ -38,7 +39,8 @@ class RankMeCallback(Callback):
     - ``name + "_normalized"``: RankMe / min(N, D), in (0, 1];
     - ``name + "_num_samples"``: N, over all ranks;
     - with a :class:`~lightning.pytorch.loggers.WandbLogger` and ``log_spectrum``, ``name + "_spectrum"``:
-      the normalised singular values of every epoch so far, one line each.
+      the normalised singular values ``s_k / sum(s)`` against k, one line per epoch (the first, the
+      latest and up to six evenly spaced epochs between).
 
     The sanity check is skipped (its batches only check the settings). Under DDP the value covers the
     validation data of every rank; note that the default ``DistributedSampler`` pads the last shard by
@@ -53,7 +55,9 @@ class RankMeCallback(Callback):
         center: subtract the column mean before taking singular values.
         max_samples: cap on the rows per epoch over all ranks (the paper uses 25600); None keeps all.
         dataloader_idx: which validation dataloader to monitor.
-        every_n_epochs: compute every n-th fitting epoch (always in ``trainer.validate``).
+        every_n_epochs: compute every n-th fitting epoch (always in ``trainer.validate``). Epochs in between
+            log nothing, so a ``ModelCheckpoint``/``EarlyStopping`` on ``name`` would miss its key: prefer
+            ``Trainer(check_val_every_n_epoch=n)``, or give them ``every_n_epochs=n`` / ``strict=False``.
         transform: maps a captured output (tuple, tokens, feature map) to a (batch, D) tensor.
         log_spectrum: log the spectrum plot when a ``WandbLogger`` is attached.
         prog_bar: show the value in the progress bar.
@@ -298,12 +302,17 @@ class RankMeCallback(Callback):
         import wandb
 
         spectrum = summary.singular_values / summary.singular_values.sum()
-        index = torch.linspace(0, len(spectrum) - 1, min(len(spectrum), _SPECTRUM_POINTS)).round().long().unique()
+        # k = 1 .. min(N, D), log-spaced so the head of the spectrum keeps its detail
+        k = torch.logspace(0, math.log10(len(spectrum)), _SPECTRUM_POINTS, dtype=torch.float64).round().long().unique()
+        index = k - 1
         self._spectra.append((trainer.current_epoch, spectrum[index.to(spectrum.device)].tolist()))
+        # A bounded number of curves keeps each logged table small however long the run is.
+        picks = torch.linspace(0, len(self._spectra) - 1, min(len(self._spectra), _SPECTRUM_CURVES))
+        shown = [self._spectra[i] for i in picks.round().long().unique().tolist()]
         plot = wandb.plot.line_series(
-            xs=[(index + 1).tolist() for _ in self._spectra],
-            ys=[values for _, values in self._spectra],
-            keys=[f"epoch {epoch}" for epoch, _ in self._spectra],
+            xs=[(index + 1).tolist() for _ in shown],
+            ys=[values for _, values in shown],
+            keys=[f"epoch {epoch}" for epoch, _ in shown],
             title=f"{self.name}: normalised singular values",
             xname="k",
         )

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import torch
 from hypothesis import strategies as st
+from scipy import special
 
 
 def reference_rankme(z: torch.Tensor | np.ndarray, eps: float = 1e-7, center: bool = False) -> float:
@@ -18,7 +19,7 @@ def reference_rankme(z: torch.Tensor | np.ndarray, eps: float = 1e-7, center: bo
     if s.sum() == 0:  # all rows zero (after centring): complete collapse, 1 by convention
         return 1.0
     p = s / s.sum() + eps
-    return float(np.exp(-(p * np.log(p)).sum()))
+    return float(np.exp(-special.xlogy(p, p).sum()))  # 0 log 0 = 0 (eps = 0 with exactly zero values)
 
 
 def reference_singular_values(z: torch.Tensor, center: bool = False) -> np.ndarray:

@@ -19,7 +19,7 @@ from conftest import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rankme import RankMe, RankMeSummary, RankMeWarning
+from rankme import RankMe, RankMeSummary, RankMeWarning, rankme
 
 MODES = ("gram", "embeddings")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -424,4 +424,55 @@ def test_device_move_keeps_the_state(mode: str) -> None:
     metric = accumulate(RankMe(mode=mode), z[:20]).to("cpu")
     accumulate(metric, z[20:])
     assert metric.device == torch.device("cpu")
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+
+
+@pytest.mark.parametrize("bad_batch", ["nan", "other-d", "all-dropped"])
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_with_a_bad_batch_keeps_the_state(mode: str, bad_batch: str) -> None:
+    z = make_embeddings("gaussian", n=40, d=8)
+    metric = accumulate(RankMe(mode=mode, nan_strategy="ignore" if bad_batch == "all-dropped" else "error"), z)
+    before = state_snapshot(metric)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankMeWarning)
+        if bad_batch == "nan":
+            with pytest.raises(ValueError, match="nan_strategy"):
+                metric(torch.full((3, 8), math.nan))
+        elif bad_batch == "other-d":
+            with pytest.raises(ValueError, match="Expected 8 features"):
+                metric(torch.randn(3, 9))
+        else:
+            assert math.isnan(metric(torch.full((3, 8), math.nan)).item())
+    assert_same_state(before, state_snapshot(metric))
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_respects_max_samples(mode: str) -> None:
+    z = make_embeddings("gaussian", n=60, d=8)
+    metric = RankMe(mode=mode, max_samples=25)
+    for batch in z.split(10):
+        metric(batch)
+    assert metric.summary().num_samples == 25
+    assert value_of(metric) == pytest.approx(reference_rankme(z[:25]), rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_eps_zero_with_exactly_zero_singular_values_is_finite(mode: str) -> None:
+    z = make_embeddings("gaussian", n=100, d=8)
+    z[:, :2] = 0  # dead units: exactly zero singular values
+    metric = accumulate(RankMe(mode=mode, eps=0.0), z)
+    value = value_of(metric)
+    assert math.isfinite(value)
+    assert value == pytest.approx(reference_rankme(z, eps=0.0), rel=1e-6)
+    assert rankme(z, eps=0.0).item() == pytest.approx(reference_rankme(z, eps=0.0), rel=1e-6)
+
+
+def test_embeddings_mode_copies_a_reused_input_buffer() -> None:
+    z = make_embeddings("gaussian", n=40, d=8)
+    metric = RankMe(mode="embeddings")
+    buffer = torch.empty(10, 8, dtype=torch.float64)
+    for batch in z.split(10):
+        buffer.copy_(batch)  # a data pipeline that reuses its output buffer
+        metric.update(buffer)
     assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)

@@ -56,8 +56,9 @@ class RankMeCallback(Callback):
         max_samples: cap on the rows per epoch over all ranks (the paper uses 25600); None keeps all.
         dataloader_idx: which validation dataloader to monitor.
         every_n_epochs: compute every n-th fitting epoch (always in ``trainer.validate``). Epochs in between
-            log nothing, so a ``ModelCheckpoint``/``EarlyStopping`` on ``name`` would miss its key: prefer
-            ``Trainer(check_val_every_n_epoch=n)``, or give them ``every_n_epochs=n`` / ``strict=False``.
+            log nothing, and Lightning's monitors then see the previous value again (or, before the first,
+            no key at all). To drive ``ModelCheckpoint``/``EarlyStopping`` prefer
+            ``Trainer(check_val_every_n_epoch=n)``, which skips the whole validation instead.
         transform: maps a captured output (tuple, tokens, feature map) to a (batch, D) tensor.
         log_spectrum: log the spectrum plot when a ``WandbLogger`` is attached.
         prog_bar: show the value in the progress bar.
@@ -191,7 +192,8 @@ class RankMeCallback(Callback):
         if not self._active:
             return
         self.metric.reset()
-        self.metric.to(pl_module.device)
+        # on the model's device; MPS has no float64, so the metric stays on the CPU there
+        self.metric.to(pl_module.device if pl_module.device.type != "mps" else "cpu")
         self._non_finite_batches = 0
         if self.module is not None:
             self._remove_hook()

@@ -70,7 +70,7 @@ def _effective_rank(singular_values: Tensor, eps: float) -> Tensor:
         )
         return torch.ones((), dtype=torch.float64, device=s.device)
     p = s / total + eps
-    return torch.exp(-(p * torch.log(p)).sum())
+    return torch.exp(-torch.special.xlogy(p, p).sum())  # xlogy: 0 log 0 = 0 when eps = 0
 
 
 def _singular_values_from_gram(gram: Tensor, num_samples: int) -> Tensor:

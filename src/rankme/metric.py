@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
@@ -22,6 +23,7 @@ from rankme.functional import (
     _singular_values,
     _singular_values_from_gram,
     _warn_capped,
+    rankme,
 )
 
 Mode = Literal["gram", "embeddings"]
@@ -75,8 +77,7 @@ class RankMe(Metric):
         max_samples: stop accumulating after this many rows in total (the paper uses 25600). Rows past the
             cap are ignored, first come first kept. Under ``torch.distributed`` with W ranks each rank keeps
             its first ``max_samples // W`` rows (one more on the first ``max_samples % W`` ranks), so the
-            total is exactly ``max_samples`` when every rank sees its share, whatever the timing. It applies
-            to :meth:`update`; :meth:`forward` is not capped.
+            total is exactly ``max_samples`` when every rank sees its share, whatever the timing.
         nan_strategy: ``"error"`` raises on a batch with NaN or infinity and keeps the state as it was before
             that batch; ``"ignore"`` drops the non-finite rows with a warning that counts them.
         metric_kwargs: passed to :class:`torchmetrics.Metric` (``process_group``, ``sync_on_compute``, ...).
@@ -188,7 +189,8 @@ class RankMe(Metric):
                 NaN or infinity under ``nan_strategy="error"``. The state is then left as it was.
         """
         _check_embeddings(z, self.num_features)
-        z64 = z.detach().to(device=self.device, dtype=torch.float64)
+        # embeddings mode keeps the rows: copy, or a caller reusing its buffer would rewrite them
+        z64 = z.detach().to(device=self.device, dtype=torch.float64, copy=self.mode == "embeddings")
         finite = torch.isfinite(z64).all(dim=1)
         if not bool(finite.all()):
             dropped = int((~finite).sum())
@@ -218,6 +220,24 @@ class RankMe(Metric):
             deviations -= deviation_mean
             self._merge_centred(z64.shape[0], z64[0] + deviation_mean, deviations.T @ deviations)
         self.num_rows += z64.shape[0]
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Add ``z`` to the state, as :meth:`update` does, and return RankMe of this batch's finite rows alone.
+
+        A bad batch raises exactly as in :meth:`update` and leaves the state as it was (torchmetrics' generic
+        ``forward`` resets the state around the batch and would lose it). The batch value is local to this
+        process and NaN when no finite row is left.
+        """
+        self.update(z)
+        rows = z.detach()[torch.isfinite(z.detach()).all(dim=1)]
+        if rows.shape[0] == 0:
+            value = torch.tensor(math.nan, device=self.device)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RankMeWarning)  # a batch is usually smaller than D
+                value = rankme(rows, eps=self.eps, center=self.center).to(self.device)
+        self._forward_cache = value  # type: ignore[assignment]  # torchmetrics annotates it as None
+        return value
 
     def _merge_centred(self, count: int, mean: Tensor, scatter: Tensor) -> None:
         """Add a group of rows given by its count, mean and scatter matrix (Chan et al.'s pairwise update)."""
@@ -309,7 +329,7 @@ class RankMe(Metric):
         return super()._apply(keep_dtype, exclude_state)
 
     def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
-        """Merge states (used by ``forward`` and ``merge_state``) once both sides have their shapes."""
+        """Merge another metric's states (``merge_state``) once both sides have their shapes."""
         if self.mode == "gram":
             incoming_features = incoming_state["gram"].shape[0]
         else:

@@ -822,7 +822,7 @@ def _log_results_to_wandb(logger: WandbLogger, rows: list[dict[str, Any]], summa
 
     run = logger.experiment
     columns = ["epoch", "candidate", "rankme", "rankme_projector", "probe_accuracy"]
-    table = wandb.Table(columns=columns, data=[[row[key] for key in columns] for row in rows])
+    table = wandb.Table(columns=list[str | int](columns), data=[[row[key] for key in columns] for row in rows])
     payload: dict[str, Any] = {
         "probe/table": table,
         "probe/accuracy_vs_epoch": wandb.plot.line(table, "epoch", "probe_accuracy", title="probe accuracy"),
@@ -946,7 +946,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     candidates = {**{epoch: (path, False) for epoch, path in result.warmup_checkpoints.items()}}
     candidates.update({epoch: (path, True) for epoch, path in result.checkpoints.items()})
     print(f"\nLinear probe (the only use of labels) on {len(candidates)} checkpoints ...", flush=True)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "epoch": epoch,
             "candidate": is_candidate,

@@ -476,3 +476,17 @@ def test_embeddings_mode_copies_a_reused_input_buffer() -> None:
         buffer.copy_(batch)  # a data pipeline that reuses its output buffer
         metric.update(buffer)
     assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+
+
+@pytest.mark.parametrize("center", [False, True], ids=["uncentred", "centred"])
+@pytest.mark.parametrize("kind", ["gaussian", "low_rank", "relu"])
+def test_blocked_lower_triangle_update_is_exact_at_large_d(kind: str, center: bool) -> None:
+    # D >= 256 takes the blocked update (blocks of 64 here, the last one partial)
+    z = make_embeddings(kind, n=400, d=300)
+    metric = RankMe(center=center)
+    for batch in random_batches(z, seed=3):
+        metric.update(batch)
+    assert value_of(metric) == pytest.approx(reference_rankme(z, center=center), rel=1e-6)
+    reference = reference_singular_values(z, center=center)
+    # singular values far below s_1 sit at the float64 Gram's rounding floor (about 1e-8 s_1, see the docs)
+    np.testing.assert_allclose(metric.summary().singular_values.numpy(), reference, rtol=1e-6, atol=1e-7 * reference[0])

@@ -74,8 +74,8 @@ def _effective_rank(singular_values: Tensor, eps: float) -> Tensor:
 
 
 def _singular_values_from_gram(gram: Tensor, num_samples: int) -> Tensor:
-    """The min(N, D) largest singular values, descending, of a matrix whose Gram matrix ``Z^T Z`` is ``gram``."""
-    eigenvalues = torch.linalg.eigvalsh(gram)  # ascending
+    """The min(N, D) largest singular values, descending, of a matrix whose ``Z^T Z`` has ``gram``'s lower triangle."""
+    eigenvalues = torch.linalg.eigvalsh(gram, UPLO="L")  # ascending; reads the lower triangle only
     keep = min(num_samples, gram.shape[0])
     return eigenvalues.flip(0)[:keep].clamp(min=0).sqrt()
 

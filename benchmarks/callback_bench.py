@@ -1,0 +1,230 @@
+"""The callbacks' cost on a validation epoch of a conv encoder: a real ``Trainer.validate``, with vs without.
+
+The encoder is a CIFAR-style ResNet (3x3 stem, four stages of basic blocks, widths 64-128-256-512, global
+average pool: a 512-d backbone output) and a 2048-d projector (Linear-BN-ReLU-Linear), the usual
+self-supervised setup on 32x32 images. Two ``RankMeCallback`` hooks watch the backbone and the projector.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from rankme import RankMeCallback
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetBackbone(nn.Module):
+    """A CIFAR ResNet: ``blocks=(2, 2, 2, 2)`` is ResNet-18, ``(1, 1, 1, 1)`` a ResNet-10."""
+
+    def __init__(self, blocks: Sequence[int] = (1, 1, 1, 1), widths: Sequence[int] = (64, 128, 256, 512)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        layers: list[nn.Module] = []
+        cin = widths[0]
+        for stage, (count, width) in enumerate(zip(blocks, widths, strict=True)):
+            for index in range(count):
+                layers.append(BasicBlock(cin, width, 2 if stage > 0 and index == 0 else 1))
+                cin = width
+        self.layers = nn.Sequential(*layers)
+        self.out_features = cin
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(self.stem(x)).mean(dim=(2, 3))
+
+
+class ConvEncoder(LightningModule):
+    def __init__(self, blocks: Sequence[int], widths: Sequence[int], projector_dim: int = 2048) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = ResNetBackbone(blocks, widths)
+        width = self.backbone.out_features
+        self.projector = nn.Sequential(
+            nn.Linear(width, projector_dim),
+            nn.BatchNorm1d(projector_dim),
+            nn.ReLU(),
+            nn.Linear(projector_dim, projector_dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projector(self.backbone(x))
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self(batch[0])
+
+
+@dataclass
+class CallbackResult:
+    encoder: str
+    images: int
+    batch_size: int
+    without_s: list[float]
+    with_s: list[float]
+    update_s: list[float] = field(default_factory=list)
+    epoch_end_s: list[float] = field(default_factory=list)
+    values: dict[str, float] = field(default_factory=dict)
+    proposed_s: list[float] = field(default_factory=list)  # with callbacks running the proposed tril update
+    proposed_update_s: list[float] = field(default_factory=list)
+    proposed_epoch_end_s: list[float] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.with_s) / statistics.median(self.without_s)
+
+    @property
+    def best_ratio(self) -> float:
+        return min(self.with_s) / min(self.without_s)
+
+    @property
+    def proposed_ratio(self) -> float | None:
+        return statistics.median(self.proposed_s) / statistics.median(self.without_s) if self.proposed_s else None
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _timer(fn: Callable[..., Any], bucket: list[float]) -> Callable[..., Any]:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            bucket.append(time.perf_counter() - start)
+
+    return wrapped
+
+
+def _validate(model: LightningModule, loader: DataLoader, callbacks: list[RankMeCallback]) -> float:
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=list(callbacks),
+    )
+    start = time.perf_counter()
+    trainer.validate(model, dataloaders=loader, verbose=False)
+    return time.perf_counter() - start
+
+
+def callback_cost(
+    images: int = 4096,
+    batch_size: int = 256,
+    blocks: Sequence[int] = (1, 1, 1, 1),
+    widths: Sequence[int] = (64, 128, 256, 512),
+    projector_dim: int = 2048,
+    pairs: int = 3,
+    proposed: bool = True,
+    log: Callable[[str], None] = print,
+) -> CallbackResult:
+    """Wall time of ``Trainer.validate`` without and with the two callbacks (and, with ``proposed``, with callbacks
+    whose metrics run the proposed triangular update), taking turns in one process, ``pairs`` rounds."""
+    _quiet_lightning()
+    model = ConvEncoder(blocks, widths, projector_dim).eval()
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randn(images, 3, 32, 32, generator=generator)
+    loader = DataLoader(TensorDataset(data), batch_size=batch_size)
+    warmup_loader = DataLoader(TensorDataset(data[: 2 * batch_size]), batch_size=batch_size)
+    blocks_label = "-".join(map(str, blocks))
+    encoder = (
+        f"ResNet (blocks {blocks_label}, widths {'-'.join(map(str, widths))}) -> {widths[-1]}-d,"
+        f" projector -> {projector_dim}-d"
+    )
+    result = CallbackResult(encoder, images, batch_size, [], [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # warm-up on two batches, with callbacks: oneDNN kernels, thread pool, lightning, eigvalsh paths
+        _validate(model, warmup_loader, [RankMeCallback(module="backbone", prog_bar=False)])
+        for pair in range(pairs):
+            variants: dict[str, list[RankMeCallback]] = {"without": []}
+            buckets: dict[str, tuple[list[float], list[float]]] = {}
+            for variant in ("with", "proposed") if proposed else ("with",):
+                callbacks = [
+                    RankMeCallback(module="backbone", name="rankme_backbone", prog_bar=False),
+                    RankMeCallback(module="projector", name="rankme_projector", prog_bar=False),
+                ]
+                updates: list[float] = []
+                epoch_end: list[float] = []
+                for callback in callbacks:
+                    if variant == "proposed":
+                        from limit_bench import TrilRankMe
+
+                        callback.metric = TrilRankMe()
+                    callback.metric.update = _timer(callback.metric.update, updates)
+                    callback.metric.summary = _timer(callback.metric.summary, epoch_end)
+                variants[variant] = callbacks
+                buckets[variant] = (updates, epoch_end)
+            order = list(variants)
+            shift = pair % len(order)  # rotate the order from pair to pair
+            for variant in order[shift:] + order[:shift]:
+                seconds = _validate(model, loader, variants[variant])
+                {"without": result.without_s, "with": result.with_s, "proposed": result.proposed_s}[variant].append(
+                    seconds
+                )
+            result.update_s.append(sum(buckets["with"][0]))
+            result.epoch_end_s.append(sum(buckets["with"][1]))
+            if proposed:
+                result.proposed_update_s.append(sum(buckets["proposed"][0]))
+                result.proposed_epoch_end_s.append(sum(buckets["proposed"][1]))
+            result.values = {cb.name: cb.history[-1]["value"] for cb in variants["with"] if cb.history}
+            extra = f", proposed {result.proposed_s[-1]:.2f}s" if proposed else ""
+            log(
+                f"  validate pair {pair + 1}: without {result.without_s[-1]:.2f}s, with {result.with_s[-1]:.2f}s"
+                f" (updates {result.update_s[-1]:.2f}s, epoch end {result.epoch_end_s[-1]:.2f}s){extra}"
+            )
+    return result
+
+
+def profile_validate(
+    images: int = 4096,
+    batch_size: int = 256,
+    blocks: Sequence[int] = (1, 1, 1, 1),
+    widths: Sequence[int] = (64, 128, 256, 512),
+    projector_dim: int = 2048,
+) -> str:
+    """torch.profiler table (top ops by self CPU time) of one ``Trainer.validate`` with the two callbacks."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _quiet_lightning()
+    model = ConvEncoder(blocks, widths, projector_dim).eval()
+    data = torch.randn(images, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(data), batch_size=batch_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _validate(model, DataLoader(TensorDataset(data[: 2 * batch_size]), batch_size=batch_size), [])
+        callbacks = [
+            RankMeCallback(module="backbone", name="rankme_backbone", prog_bar=False),
+            RankMeCallback(module="projector", name="rankme_projector", prog_bar=False),
+        ]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            _validate(model, loader, callbacks)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40)

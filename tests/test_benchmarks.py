@@ -1,0 +1,79 @@
+"""`benchmarks/run.py --quick` runs end to end and prints every table (no timing asserts)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    markdown = tmp_path_factory.mktemp("bench") / "benchmarks.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--markdown", str(markdown)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout, markdown.read_text()
+
+
+TITLES = [
+    "Float64 matrix-product rate of this machine",
+    "Update path throughput",
+    "Prototype: RankMe with the triangular update",
+    "Per-batch cost of RankMe.update besides the product",
+    "eigvalsh of a D x D float64 Gram matrix",
+    "Issue 2: N=2048, D=256",
+    "Issue 5: time per epoch",
+    "Issue 5: ratios",
+    "Issue 5: memory",
+    "Issue 5: growth exponents",
+    "Float32 vs float64 accumulation",
+    "Relative error of RankMe vs a float64 numpy SVD",
+    "Two RankMeCallbacks (backbone + projector)",
+    "Targets",
+]
+
+
+@pytest.mark.slow
+def test_quick_prints_every_table(quick_run: tuple[str, str]) -> None:
+    stdout, _ = quick_run
+    for title in TITLES:
+        assert title in stdout, title
+    assert "CPU:" in stdout
+    assert "torch threads: 2" in stdout
+
+
+@pytest.mark.slow
+def test_quick_rows(quick_run: tuple[str, str]) -> None:
+    stdout, _ = quick_run
+    lines = stdout.splitlines()
+    issue2 = lines[lines.index(next(line for line in lines if line.startswith("Issue 2:"))) :]
+    for route in ("gram", "gram-tril*", "embeddings", "usual"):
+        assert any(line.startswith(route + " ") for line in issue2[:10]), route
+    grid_rows = [line.split() for line in lines if line.split()[:2] in (["1024", "64"], ["2048", "256"])]
+    assert len(grid_rows) >= 4  # time and memory tables, two cells each
+    for spectrum in ("rank 1 + 1e-6 noise", "offset 1e3", "post-ReLU", "scale 1e6", "N<D"):
+        assert any(line.startswith(spectrum) for line in lines), spectrum
+    for target in ("issue 2: epoch-end latency", "issue 2: whole cost", "update throughput", "two callbacks"):
+        assert any(line.startswith(target) for line in lines), target
+
+
+@pytest.mark.slow
+def test_quick_markdown(quick_run: tuple[str, str]) -> None:
+    _, markdown = quick_run
+    assert markdown.startswith("# RankMe benchmarks")
+    for heading in ("## Machine and run", "## Targets met / missed", "## Results"):
+        assert heading in markdown
+    for title in TITLES[:-1]:
+        assert f"### {title}" in markdown, title
+    assert "| gram |" in markdown

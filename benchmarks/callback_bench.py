@@ -88,9 +88,6 @@ class CallbackResult:
     update_s: list[float] = field(default_factory=list)
     epoch_end_s: list[float] = field(default_factory=list)
     values: dict[str, float] = field(default_factory=dict)
-    proposed_s: list[float] = field(default_factory=list)  # with callbacks running the proposed tril update
-    proposed_update_s: list[float] = field(default_factory=list)
-    proposed_epoch_end_s: list[float] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -99,10 +96,6 @@ class CallbackResult:
     @property
     def best_ratio(self) -> float:
         return min(self.with_s) / min(self.without_s)
-
-    @property
-    def proposed_ratio(self) -> float | None:
-        return statistics.median(self.proposed_s) / statistics.median(self.without_s) if self.proposed_s else None
 
 
 def _quiet_lightning() -> None:
@@ -143,11 +136,10 @@ def callback_cost(
     widths: Sequence[int] = (64, 128, 256, 512),
     projector_dim: int = 2048,
     pairs: int = 3,
-    proposed: bool = True,
     log: Callable[[str], None] = print,
 ) -> CallbackResult:
-    """Wall time of ``Trainer.validate`` without and with the two callbacks (and, with ``proposed``, with callbacks
-    whose metrics run the proposed triangular update), taking turns in one process, ``pairs`` rounds."""
+    """Wall time of ``Trainer.validate`` without and with the two callbacks, taking turns in one process, ``pairs``
+    rounds (the order rotating)."""
     _quiet_lightning()
     model = ConvEncoder(blocks, widths, projector_dim).eval()
     generator = torch.Generator().manual_seed(0)
@@ -167,7 +159,7 @@ def callback_cost(
         for pair in range(pairs):
             variants: dict[str, list[RankMeCallback]] = {"without": []}
             buckets: dict[str, tuple[list[float], list[float]]] = {}
-            for variant in ("with", "proposed") if proposed else ("with",):
+            for variant in ("with",):
                 callbacks = [
                     RankMeCallback(module="backbone", name="rankme_backbone", prog_bar=False),
                     RankMeCallback(module="projector", name="rankme_projector", prog_bar=False),
@@ -175,10 +167,6 @@ def callback_cost(
                 updates: list[float] = []
                 epoch_end: list[float] = []
                 for callback in callbacks:
-                    if variant == "proposed":
-                        from limit_bench import TrilRankMe
-
-                        callback.metric = TrilRankMe()
                     callback.metric.update = _timer(callback.metric.update, updates)
                     callback.metric.summary = _timer(callback.metric.summary, epoch_end)
                 variants[variant] = callbacks
@@ -187,19 +175,13 @@ def callback_cost(
             shift = pair % len(order)  # rotate the order from pair to pair
             for variant in order[shift:] + order[:shift]:
                 seconds = _validate(model, loader, variants[variant])
-                {"without": result.without_s, "with": result.with_s, "proposed": result.proposed_s}[variant].append(
-                    seconds
-                )
+                {"without": result.without_s, "with": result.with_s}[variant].append(seconds)
             result.update_s.append(sum(buckets["with"][0]))
             result.epoch_end_s.append(sum(buckets["with"][1]))
-            if proposed:
-                result.proposed_update_s.append(sum(buckets["proposed"][0]))
-                result.proposed_epoch_end_s.append(sum(buckets["proposed"][1]))
             result.values = {cb.name: cb.history[-1]["value"] for cb in variants["with"] if cb.history}
-            extra = f", proposed {result.proposed_s[-1]:.2f}s" if proposed else ""
             log(
                 f"  validate pair {pair + 1}: without {result.without_s[-1]:.2f}s, with {result.with_s[-1]:.2f}s"
-                f" (updates {result.update_s[-1]:.2f}s, epoch end {result.epoch_end_s[-1]:.2f}s){extra}"
+                f" (updates {result.update_s[-1]:.2f}s, epoch end {result.epoch_end_s[-1]:.2f}s)"
             )
     return result
 

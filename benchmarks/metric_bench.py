@@ -2,10 +2,9 @@
 
 Every route sees the same stream of float32 batches, each a fresh tensor (as an encoder would produce it):
 
-- ``gram``: ``rankme.RankMe(mode="gram")``, float64 running ``Z^T Z``, ``eigvalsh`` at compute;
+- ``gram``: ``rankme.RankMe(mode="gram")``, float64 running ``Z^T Z`` (its lower block triangle), ``eigvalsh`` at
+  compute;
 - ``embeddings``: ``rankme.RankMe(mode="embeddings")``, float64 rows kept, float64 SVD at compute;
-- ``tril``: the proposed change, ``limit_bench.TrilRankMe`` (the metric computing only the lower block triangle
-  of ``Z^T Z``; its compute unchanged, ``eigvalsh`` reads the lower triangle);
 - ``usual``: keep the batches in a list, ``torch.cat`` + float32 ``torch.linalg.svdvals`` at the end, then the
   paper's formula.
 """
@@ -25,7 +24,7 @@ from torch import Tensor
 
 from rankme import RankMe
 
-ROUTES = ("gram", "tril", "embeddings", "usual")
+ROUTES = ("gram", "embeddings", "usual")
 EPS = 1e-7
 
 
@@ -74,10 +73,6 @@ def metric_state_bytes(metric: RankMe) -> int:
 
 
 def _make_metric(route: str) -> RankMe:
-    if route == "tril":
-        from limit_bench import TrilRankMe
-
-        return TrilRankMe()  # block max(64, D // 16), for D >= 256
     return RankMe(mode=route)
 
 

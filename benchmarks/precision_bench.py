@@ -1,8 +1,8 @@
 """Does float32 accumulation of ``Z^T Z`` buy speed on this CPU, and what does it cost in accuracy?
 
-Speed: the metric's float64 path (upcast the float32 batch, float64 ``addmm_``) against a float32 ``addmm_`` on the
-batch as it comes. Error: the value on the hard spectra of the metric's tests, against an independent float64
-numpy SVD of the very float32 data that was fed, for
+Speed: the metric's float64 path (upcast the float32 batch, the shipped lower-triangle product ``_add_gram_`` in
+float64) against the same product in float32 on the batch as it comes. Error: the value on the hard spectra of the
+metric's tests, against an independent float64 numpy SVD of the very float32 data that was fed, for
 
 - ``gram f64``: the metric as it is (float64 accumulation, float64 ``eigvalsh``);
 - ``gram f32 acc``: float32 ``Z^T Z`` accumulated in float32, ``eigvalsh`` in float64;
@@ -23,6 +23,7 @@ from common import median_time
 from torch import Tensor
 
 from rankme import RankMe, RankMeWarning
+from rankme.metric import _add_gram_
 
 EPS = 1e-7
 
@@ -86,7 +87,7 @@ def _routes(batch: int) -> dict[str, Callable[[Tensor], float]]:
     def f32_acc(z: Tensor, f64_eig: bool) -> float:
         gram = torch.zeros(z.shape[1], z.shape[1])
         for chunk in z.split(batch):
-            gram.addmm_(chunk.T, chunk)
+            _add_gram_(gram, chunk)
         return _from_gram(gram.double() if f64_eig else gram, z.shape[0])
 
     def f32_products(z: Tensor) -> float:
@@ -129,7 +130,8 @@ class PrecisionSpeed:
 
 
 def precision_speed(ds: Sequence[int], batch: int = 512, steps: int = 8, repeats: int = 3) -> list[PrecisionSpeed]:
-    """Seconds per ``steps`` updates of float32 batches: upcast + float64 addmm_ vs float32 addmm_."""
+    """Seconds per ``steps`` updates of float32 batches: upcast + float64 product vs the float32 product (both the
+    shipped lower-triangle kernel ``_add_gram_``)."""
     out = []
     for d in ds:
         pool = [torch.randn(batch, d) for _ in range(4)]
@@ -139,19 +141,19 @@ def precision_speed(ds: Sequence[int], batch: int = 512, steps: int = 8, repeats
         def f64(g64: Tensor = g64, pool: list[Tensor] = pool) -> None:
             for step in range(steps):
                 z = pool[step % 4].double()
-                g64.addmm_(z.T, z)
+                _add_gram_(g64, z)
 
         def f32(g32: Tensor = g32, pool: list[Tensor] = pool) -> None:
             for step in range(steps):
                 z = pool[step % 4]
-                g32.addmm_(z.T, z)
+                _add_gram_(g32, z)
 
         pool64 = [z.double() for z in pool]
 
         def f64_bare(g64: Tensor = g64, pool64: list[Tensor] = pool64) -> None:
             for step in range(steps):
                 z = pool64[step % 4]
-                g64.addmm_(z.T, z)
+                _add_gram_(g64, z)
 
         out.append(
             PrecisionSpeed(

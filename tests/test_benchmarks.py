@@ -29,7 +29,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 TITLES = [
     "Float64 matrix-product rate of this machine",
     "Update path throughput",
-    "Prototype: RankMe with the triangular update",
+    "Block-size sweep of the lower-triangle product",
     "Per-batch cost of RankMe.update besides the product",
     "eigvalsh of a D x D float64 Gram matrix",
     "Issue 2: N=2048, D=256",
@@ -58,14 +58,32 @@ def test_quick_rows(quick_run: tuple[str, str]) -> None:
     stdout, _ = quick_run
     lines = stdout.splitlines()
     issue2 = lines[lines.index(next(line for line in lines if line.startswith("Issue 2:"))) :]
-    for route in ("gram", "gram-tril*", "embeddings", "usual"):
+    for route in ("gram", "embeddings", "usual"):
         assert any(line.startswith(route + " ") for line in issue2[:10]), route
     grid_rows = [line.split() for line in lines if line.split()[:2] in (["1024", "64"], ["2048", "256"])]
     assert len(grid_rows) >= 4  # time and memory tables, two cells each
     for spectrum in ("rank 1 + 1e-6 noise", "offset 1e3", "post-ReLU", "scale 1e6", "N<D"):
         assert any(line.startswith(spectrum) for line in lines), spectrum
-    for target in ("issue 2: epoch-end latency", "issue 2: whole cost", "update throughput", "two callbacks"):
+    for target in (
+        "issue 2: epoch-end latency",
+        "issue 2: whole cost",
+        "issue 5: whole cost",
+        "update throughput",
+        "two callbacks",
+        "gram state and bytes per sync",
+    ):
         assert any(line.startswith(target) for line in lines), target
+    assert "full product (the pre-change update)" in stdout
+
+
+@pytest.mark.slow
+def test_quick_has_no_prototype_rows(quick_run: tuple[str, str]) -> None:
+    """The lower-triangle update is shipped: no prototype route, no 'proposed' rows or columns."""
+    stdout, markdown = quick_run
+    for text in (stdout, markdown):
+        assert "tril*" not in text
+        assert "TrilRankMe" not in text
+        assert "proposed" not in text.lower()
 
 
 @pytest.mark.slow

@@ -448,7 +448,37 @@ def _resolve_start_epoch(start_epoch: int | None, pl_module: LightningModule) ->
     return int(pl_module.hparams.get("warmup_epochs", 0))
 
 
-class WarmupModelCheckpoint(ModelCheckpoint):
+class _IgnoresWarmup(Callback):
+    """Mixin for a monitoring callback: its epoch-end hooks do nothing before ``start_epoch``.
+
+    ``start_epoch`` None takes the LightningModule's ``warmup_epochs`` hyperparameter at setup.
+    """
+
+    start_epoch: int | None
+    _start: int
+
+    def _set_start_epoch(self, start_epoch: int | None) -> None:
+        _check_start_epoch(start_epoch)
+        self.start_epoch = start_epoch
+        self._start = start_epoch or 0
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._start = _resolve_start_epoch(self.start_epoch, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch >= self._start:
+            super().on_train_epoch_end(trainer, pl_module)
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch >= self._start:
+            super().on_validation_end(trainer, pl_module)
+
+
+class WarmupModelCheckpoint(_IgnoresWarmup, ModelCheckpoint):
     """A ``ModelCheckpoint`` that neither saves nor ranks checkpoints before ``start_epoch``.
 
     A barely trained network has a high RankMe (random features are high-rank: the paper's caveat that a
@@ -468,28 +498,11 @@ class WarmupModelCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, start_epoch: int | None = None, **kwargs: Any) -> None:
-        _check_start_epoch(start_epoch)
         super().__init__(**kwargs)
-        self.start_epoch = start_epoch
-        self._start = start_epoch or 0
-
-    @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        self._start = _resolve_start_epoch(self.start_epoch, pl_module)
-
-    @override
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.current_epoch >= self._start:
-            super().on_train_epoch_end(trainer, pl_module)
-
-    @override
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.current_epoch >= self._start:
-            super().on_validation_end(trainer, pl_module)
+        self._set_start_epoch(start_epoch)
 
 
-class WarmupEarlyStopping(EarlyStopping):
+class WarmupEarlyStopping(_IgnoresWarmup, EarlyStopping):
     """An ``EarlyStopping`` that ignores epochs before ``start_epoch`` (see :class:`WarmupModelCheckpoint`).
 
     Without it, a high RankMe at epoch 0 would stay the best score and stop training ``patience`` epochs
@@ -507,25 +520,8 @@ class WarmupEarlyStopping(EarlyStopping):
     """
 
     def __init__(self, start_epoch: int | None = None, **kwargs: Any) -> None:
-        _check_start_epoch(start_epoch)
         super().__init__(**kwargs)
-        self.start_epoch = start_epoch
-        self._start = start_epoch or 0
-
-    @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        self._start = _resolve_start_epoch(self.start_epoch, pl_module)
-
-    @override
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.current_epoch >= self._start:
-            super().on_train_epoch_end(trainer, pl_module)
-
-    @override
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.current_epoch >= self._start:
-            super().on_validation_end(trainer, pl_module)
+        self._set_start_epoch(start_epoch)
 
 
 class _SaveWarmupWeights(Callback):

@@ -513,17 +513,22 @@ def test_format_that_does_not_match_the_extension(tmp_path: Path, capsys: pytest
     assert_one_line_error(run(capsys, "score", tmp_path / "z.npy"), "not a NumPy .npy file", "rename")
 
 
+def save_as(path: Path, array: np.ndarray) -> Path:
+    """Save ``array`` in the format its suffix names (.npy, .npz under key "z", or .pt as a tensor)."""
+    if path.suffix == ".npy":
+        np.save(path, array)
+    elif path.suffix == ".npz":
+        np.savez(path, z=array)
+    else:
+        torch.save(torch.from_numpy(array), path)
+    return path
+
+
 @pytest.mark.parametrize("shape", [(10,), (4, 5, 6), ()])
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".pt"])
 def test_wrong_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str], shape: tuple[int, ...], suffix: str) -> None:
     array = np.ones(shape, dtype=np.float32)
-    path = tmp_path / f"z{suffix}"
-    if suffix == ".npy":
-        np.save(path, array)
-    elif suffix == ".npz":
-        np.savez(path, z=array)
-    else:
-        torch.save(torch.from_numpy(array), path)
+    path = save_as(tmp_path / f"z{suffix}", array)
     assert_one_line_error(run(capsys, "score", path), f"{len(shape)}-D", "expected 2-D")
 
 
@@ -562,13 +567,7 @@ def test_non_float_torch_dtype(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_non_finite_values(tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: float, suffix: str) -> None:
     z = embeddings(30, 4)
     z[17, 2] = bad
-    path = tmp_path / f"z{suffix}"
-    if suffix == ".npy":
-        np.save(path, z)
-    elif suffix == ".npz":
-        np.savez(path, z=z)
-    else:
-        torch.save(torch.from_numpy(z), path)
+    path = save_as(tmp_path / f"z{suffix}", z)
     assert_one_line_error(run(capsys, "score", path, "--chunk-size", "8"), "NaN or infinity", "row 17")
 
 
@@ -576,13 +575,7 @@ def test_non_finite_values(tmp_path: Path, capsys: pytest.CaptureFixture[str], b
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".pt"])
 def test_empty_array(tmp_path: Path, capsys: pytest.CaptureFixture[str], shape: tuple[int, int], suffix: str) -> None:
     array = np.zeros(shape, dtype=np.float32)
-    path = tmp_path / f"z{suffix}"
-    if suffix == ".npy":
-        np.save(path, array)
-    elif suffix == ".npz":
-        np.savez(path, z=array)
-    else:
-        torch.save(torch.from_numpy(array), path)
+    path = save_as(tmp_path / f"z{suffix}", array)
     assert_one_line_error(run(capsys, "score", path), "empty")
 
 

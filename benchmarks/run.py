@@ -158,8 +158,9 @@ class Report:
         out += [
             "",
             "Reproduce: `make bench` (= `.venv/bin/python benchmarks/run.py`, the default set, writes this file);"
-            " `--quick` is a smoke check at toy sizes (< 30 s, prints only unless `--markdown PATH`); `--full` adds"
-            " the N=102400, D=4096 cell; `--only limits issue2 grid precision callback` runs some sections."
+            " `--quick` is a smoke check at toy sizes (< 30 s); `--full` adds the N=102400, D=4096 cell;"
+            " `--only limits issue2 grid precision callback` runs some sections; `--quick` and `--only` runs print"
+            " only, unless `--markdown PATH`."
             " Timings on a shared 2-core VM move with the neighbours' load: compare ratios within one run.",
         ]
         out += ["", "## Targets met / missed", "", self.targets_table().markdown(level=3).split("\n", 2)[2], ""]
@@ -844,7 +845,17 @@ def profile_callback(preset: Preset) -> str:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def markdown_target(args: argparse.Namespace) -> Path | None:
+    """Where the report goes: ``--markdown``, else docs/benchmarks.md for a complete default or full run only; a
+    ``--quick`` or ``--only`` run would replace the recorded numbers with toy or partial ones, so it prints only."""
+    if args.no_markdown:
+        return None
+    if args.markdown is not None:
+        return args.markdown
+    return None if args.quick or args.only else DEFAULT_MARKDOWN
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="toy sizes, a smoke check (< 30 s)")
@@ -853,7 +864,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--markdown",
         type=Path,
         default=None,
-        help=f"write the results here (default: {DEFAULT_MARKDOWN.relative_to(ROOT)} unless --quick)",
+        help=f"write the results here (default: {DEFAULT_MARKDOWN.relative_to(ROOT)} unless --quick or --only)",
     )
     parser.add_argument("--no-markdown", action="store_true", help="print only")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
@@ -863,7 +874,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=("limits", "issue2", "grid", "precision", "callback"),
         help="run only these sections",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full" if args.full else "default"]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -916,7 +931,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for finding in report.findings:
         print("  *", finding)
     print(f"\nload average at start {machine.load_start}, at end {machine.load_end}; {elapsed:.0f} s")
-    target = None if args.no_markdown else (args.markdown or (None if args.quick else DEFAULT_MARKDOWN))
+    target = markdown_target(args)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(report.markdown(elapsed))

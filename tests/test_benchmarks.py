@@ -95,3 +95,32 @@ def test_quick_markdown(quick_run: tuple[str, str]) -> None:
     for title in TITLES[:-1]:
         assert f"### {title}" in markdown, title
     assert "| gram |" in markdown
+
+
+def _run_module():  # benchmarks/ is not a package: import run.py the way `python benchmarks/run.py` sees it
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return run
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], "docs"),
+        (["--full"], "docs"),
+        (["--quick"], None),
+        (["--only", "limits"], None),  # a partial run must not replace the recorded numbers
+        (["--only", "limits", "--markdown", "out.md"], "out.md"),
+        (["--no-markdown"], None),
+    ],
+)
+def test_markdown_target(argv: list[str], expected: str | None) -> None:
+    run = _run_module()
+    target = run.markdown_target(run.parse_args(argv))
+    if expected == "docs":
+        assert target == ROOT / "docs" / "benchmarks.md"
+    else:
+        assert target == (None if expected is None else Path(expected))

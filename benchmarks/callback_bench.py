@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import common
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
@@ -105,10 +106,12 @@ def _quiet_lightning() -> None:
 
 def _timer(fn: Callable[..., Any], bucket: list[float]) -> Callable[..., Any]:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
+        common.synchronize()
         start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
+            common.synchronize()
             bucket.append(time.perf_counter() - start)
 
     return wrapped
@@ -116,16 +119,18 @@ def _timer(fn: Callable[..., Any], bucket: list[float]) -> Callable[..., Any]:
 
 def _validate(model: LightningModule, loader: DataLoader, callbacks: list[RankMeCallback]) -> float:
     trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
+        accelerator="gpu" if common.on_accelerator() else "cpu",
+        devices=[common.DEVICE.index or 0] if common.on_accelerator() else 1,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
         callbacks=list(callbacks),
     )
+    common.synchronize()
     start = time.perf_counter()
     trainer.validate(model, dataloaders=loader, verbose=False)
+    common.synchronize()
     return time.perf_counter() - start
 
 
@@ -193,7 +198,8 @@ def profile_validate(
     widths: Sequence[int] = (64, 128, 256, 512),
     projector_dim: int = 2048,
 ) -> str:
-    """torch.profiler table (top ops by self CPU time) of one ``Trainer.validate`` with the two callbacks."""
+    """torch.profiler table (top ops by self CPU time; by device time on CUDA) of one ``Trainer.validate`` with the
+    two callbacks."""
     from torch.profiler import ProfilerActivity, profile
 
     _quiet_lightning()
@@ -207,6 +213,8 @@ def profile_validate(
             RankMeCallback(module="backbone", name="rankme_backbone", prog_bar=False),
             RankMeCallback(module="projector", name="rankme_projector", prog_bar=False),
         ]
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if common.on_accelerator() else [])
+        with profile(activities=activities) as prof:
             _validate(model, loader, callbacks)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40)
+    sort_by = "self_cuda_time_total" if common.on_accelerator() else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_by, row_limit=15, max_name_column_width=40)

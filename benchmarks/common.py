@@ -21,6 +21,31 @@ import torch
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _LIBC: Any = None
 
+DEVICE = torch.device("cpu")
+"""Where the benchmarks put their tensors and metrics (``run.py --device``); set it with :func:`set_device`."""
+
+
+def set_device(name: str) -> torch.device:
+    """Run the benchmarks on ``name`` ("cpu", "cuda", "cuda:1"); an unavailable accelerator is an error."""
+    global DEVICE
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: torch.cuda.is_available() is False on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {name}: expected cpu or cuda")
+    DEVICE = device
+    return device
+
+
+def on_accelerator() -> bool:
+    return DEVICE.type == "cuda"
+
+
+def synchronize() -> None:
+    """Wait for the accelerator's queued work, so wall-clock timings cover it (a no-op on the CPU)."""
+    if on_accelerator():
+        torch.cuda.synchronize(DEVICE)
+
 
 def _libc() -> Any:
     global _LIBC
@@ -90,7 +115,9 @@ class PeakMemory:
     """Sample the heap in use (and the RSS) every ``interval`` seconds in a thread, from the start of the block.
 
     ``peak_delta`` is the peak of the heap in use above its value at the start (the RSS when mallinfo2 is
-    missing); spikes shorter than the interval can be missed.
+    missing); spikes shorter than the interval can be missed. On an accelerator (``DEVICE`` is CUDA) it is the
+    peak of the device memory allocated by torch above the start instead (``torch.cuda.max_memory_allocated``,
+    exact).
     """
 
     def __init__(self, interval: float = 0.005) -> None:
@@ -115,6 +142,11 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         release_freed_memory()
+        if on_accelerator():
+            synchronize()
+            torch.cuda.reset_peak_memory_stats(DEVICE)
+            self.start = self.peak = torch.cuda.memory_allocated(DEVICE)
+            return self
         self.start = self.peak = (heap_in_use() if self._heap else rss_bytes()) or 0
         self.rss_start = self.rss_peak = rss_bytes()
         self._stop.clear()
@@ -123,6 +155,10 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if on_accelerator():
+            synchronize()
+            self.peak = torch.cuda.max_memory_allocated(DEVICE)
+            return
         self._sample()
         self._stop.set()
         assert self._thread is not None
@@ -138,9 +174,11 @@ class PeakMemory:
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Seconds taken by ``fn()``, and its result."""
+    """Seconds taken by ``fn()``, and its result; on an accelerator, including the work it queued."""
+    synchronize()
     start = time.perf_counter()
     result = fn()
+    synchronize()
     return time.perf_counter() - start, result
 
 
@@ -225,7 +263,7 @@ class Machine:
     load_end: tuple[float, float, float] | None = None
     bandwidth_start: float | None = None
     bandwidth_end: float | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    accelerator: str | None = None
 
     def lines(self) -> list[str]:
         load_end = "n/a" if self.load_end is None else "{:.2f} {:.2f} {:.2f}".format(*self.load_end)
@@ -233,6 +271,7 @@ class Machine:
             f"CPU: {self.cpu} ({self.cpu_family}), {self.cores} cores visible, SIMD: {self.simd}",
             f"Memory: {self.memory_gib:.1f} GiB",
             f"torch {self.torch_version} ({self.blas}), torch threads: {self.threads}, Python {self.python}",
+            *([f"Accelerator (every tensor and metric of this run): {self.accelerator}"] if self.accelerator else []),
             f"Date: {self.date}",
             "Load average (1/5/15 min) at start: {:.2f} {:.2f} {:.2f}; at end: {}".format(*self.load_start, load_end),
             "Memory copy bandwidth (copy_ of 512 MiB, 64 MiB with --quick; best of 5) at start: {}; at end: {}".format(
@@ -266,7 +305,16 @@ def describe_machine() -> Machine:
         python=platform.python_version(),
         date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         load_start=load_average(),
+        accelerator=describe_accelerator(),
     )
+
+
+def describe_accelerator() -> str | None:
+    """The CUDA device of this run, its memory and the CUDA version (None on the CPU)."""
+    if not on_accelerator():
+        return None
+    props = torch.cuda.get_device_properties(DEVICE)
+    return f"{props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
 
 
 def max_rss_bytes() -> int:

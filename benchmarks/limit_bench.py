@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import common
 import torch
 from common import best_interleaved, median_time
 from torch import Tensor
@@ -68,14 +69,14 @@ def matmul_rates(ds: Sequence[int], batch: int, square: Sequence[int], repeats: 
     square products."""
     rates = []
     for d in ds:
-        a = torch.randn(batch, d, dtype=torch.float64)
+        a = torch.randn(batch, d, dtype=torch.float64, device=common.DEVICE)
         at = a.T.contiguous()
-        out = torch.empty(d, d, dtype=torch.float64)
+        out = torch.empty(d, d, dtype=torch.float64, device=common.DEVICE)
         seconds = best_interleaved({"mm": lambda a=a, at=at, out=out: torch.mm(at, a, out=out)}, repeats)["mm"]
         rates.append(MatmulRate(f"mm ({d}x{batch}) @ ({batch}x{d})", seconds, 2 * batch * d * d / seconds / 1e9))
     for m in square:
-        a = torch.randn(m, m, dtype=torch.float64)
-        out = torch.empty(m, m, dtype=torch.float64)
+        a = torch.randn(m, m, dtype=torch.float64, device=common.DEVICE)
+        out = torch.empty(m, m, dtype=torch.float64, device=common.DEVICE)
         seconds = best_interleaved({"mm": lambda a=a, out=out: torch.mm(a, a, out=out)}, repeats)["mm"]
         rates.append(MatmulRate(f"mm ({m}x{m}) @ ({m}x{m})", seconds, 2 * m**3 / seconds / 1e9))
     return rates
@@ -129,10 +130,10 @@ def update_rates(
     for d in ds:
         steps = max(2, min(64, round(target_flop / (2 * batch * d * d))))
         generator = torch.Generator().manual_seed(d)
-        pool32 = [torch.randn(batch, d, generator=generator) for _ in range(min(steps, 8))]
+        pool32 = [torch.randn(batch, d, generator=generator).to(common.DEVICE) for _ in range(min(steps, 8))]
         pool64 = [z.double() for z in pool32]
-        metric = RankMe()
-        gram = torch.zeros(d, d, dtype=torch.float64)
+        metric = RankMe().to(common.DEVICE)
+        gram = torch.zeros(d, d, dtype=torch.float64, device=common.DEVICE)
         fns = {
             "metric": _loop(metric.update, pool32, steps),
             "kernel": _loop(lambda z, gram=gram: _add_gram_(gram, z), pool64, steps),
@@ -173,10 +174,10 @@ def update_overhead(ds: Sequence[int], batch: int, repeats: int = 30) -> list[Ov
     """What one update of a float32 batch spends besides the product (best of ``repeats``, taking turns)."""
     out = []
     for d in ds:
-        z = torch.randn(batch, d)
+        z = torch.randn(batch, d, device=common.DEVICE)
         z64 = z.double()
-        gram = torch.zeros(d, d, dtype=torch.float64)
-        metric = RankMe()
+        gram = torch.zeros(d, d, dtype=torch.float64, device=common.DEVICE)
+        metric = RankMe().to(common.DEVICE)
         metric.update(z)
         best = best_interleaved(
             {
@@ -194,9 +195,9 @@ def update_overhead(ds: Sequence[int], batch: int, repeats: int = 30) -> list[Ov
 
 def check_tril_exact(d: int = 320, n: int = 600) -> float:
     """Max relative difference of eigvalsh (lower triangle) of the shipped triangular state vs the full product's."""
-    z = torch.randn(n, d, dtype=torch.float64)
-    full = torch.zeros(d, d, dtype=torch.float64)
-    tri = torch.zeros(d, d, dtype=torch.float64)
+    z = torch.randn(n, d, dtype=torch.float64, device=common.DEVICE)
+    full = torch.zeros(d, d, dtype=torch.float64, device=common.DEVICE)
+    tri = torch.zeros(d, d, dtype=torch.float64, device=common.DEVICE)
     for chunk in z.split(128):
         full_update(full, chunk)
         _add_gram_(tri, chunk)
@@ -206,8 +207,8 @@ def check_tril_exact(d: int = 320, n: int = 600) -> float:
 
 
 def eigvalsh_seconds(d: int, repeats: int = 3, threads: int | None = None) -> float:
-    """Best of ``repeats`` eigvalsh of a full-rank D x D float64 Gram matrix."""
-    a = torch.randn(2 * d, d, dtype=torch.float64)
+    """Best of ``repeats`` eigvalsh of a full-rank D x D float64 Gram matrix (``threads``: CPU threads)."""
+    a = torch.randn(2 * d, d, dtype=torch.float64, device=common.DEVICE)
     gram = a.T @ a
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
@@ -218,7 +219,7 @@ def eigvalsh_seconds(d: int, repeats: int = 3, threads: int | None = None) -> fl
 
 
 def contention(n: int, d: int, repeats: int = 3) -> dict[str, dict[str, float]]:
-    """Epoch-end work with the machine quiet and with one competing CPU-bound process (another job, a data
+    """CPU only. Epoch-end work with the machine quiet and with one competing CPU-bound process (another job, a data
     loader worker): eigvalsh of D x D float64 (gram, median of ``repeats``, at all threads and at 1 thread) and
     float32 svdvals of N x D (usual, once, all threads)."""
     gram = torch.randn(2 * d, d, dtype=torch.float64)

@@ -18,8 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import common
 import torch
-from common import PeakMemory, release_freed_memory
+from common import PeakMemory, release_freed_memory, synchronize
 from torch import Tensor
 
 from rankme import RankMe
@@ -45,10 +46,11 @@ class RouteResult:
 
 
 def make_pool(d: int, batch: int, batches: int, seed: int = 0) -> list[Tensor]:
-    """Distinct float32 batches with a power-law column scale (a realistic decaying spectrum)."""
+    """Distinct float32 batches with a power-law column scale (a realistic decaying spectrum), on ``common.DEVICE``
+    (drawn on the CPU, so every device sees the same numbers)."""
     generator = torch.Generator().manual_seed(seed + d)
     scale = torch.arange(1, d + 1, dtype=torch.float32).pow(-0.5)
-    return [torch.randn(batch, d, generator=generator).mul_(scale) for _ in range(batches)]
+    return [torch.randn(batch, d, generator=generator).mul_(scale).to(common.DEVICE) for _ in range(batches)]
 
 
 def usual_rankme(stored: Sequence[Tensor], eps: float = EPS) -> Tensor:
@@ -73,7 +75,7 @@ def metric_state_bytes(metric: RankMe) -> int:
 
 
 def _make_metric(route: str) -> RankMe:
-    return RankMe(mode=route)
+    return RankMe(mode=route).to(common.DEVICE)
 
 
 def run_route(route: str, pool: Sequence[Tensor], n: int) -> RouteResult:
@@ -89,12 +91,15 @@ def run_route(route: str, pool: Sequence[Tensor], n: int) -> RouteResult:
         for step in range(steps):
             rows = min(batch, n - step * batch)
             z = pool[step % len(pool)][:rows].clone()  # a fresh encoder output, not timed
+            synchronize()
             start = time.perf_counter()
             update(z)
+            synchronize()
             update_s += time.perf_counter() - start
             del z
         start = time.perf_counter()
         value = usual_rankme(stored) if metric is None else metric.compute()
+        synchronize()
         latency_s = time.perf_counter() - start
     if metric is None:
         state_bytes = _tensor_bytes(stored)

@@ -8,15 +8,21 @@ metric's tests, against an independent float64 numpy SVD of the very float32 dat
 - ``gram f32 acc``: float32 ``Z^T Z`` accumulated in float32, ``eigvalsh`` in float64;
 - ``gram f32 all``: the same with a float32 ``eigvalsh``;
 - ``f32 products, f64 sum``: each batch's product in float32, summed in float64;
-- ``usual f32 svdvals``: stack, float32 ``svdvals``.
+- ``usual f32 svdvals``: stack, float32 ``svdvals``;
+- on a CUDA device also ``gram tf32 acc``: ``gram f32 acc`` with TF32 matrix products allowed (the tensor-core
+  float32 path of Ampere and later GPUs, ``torch.backends.cuda.matmul.allow_tf32``).
+
+Everything runs on ``common.DEVICE``; the inputs are drawn on the CPU, so every device sees the same numbers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import common
 import numpy as np
 import torch
 from common import median_time
@@ -39,8 +45,19 @@ def _from_gram(gram: Tensor, n: int) -> float:
     return _value(eig.clamp(min=0).sqrt())
 
 
+@contextlib.contextmanager
+def tf32_products() -> Iterator[None]:
+    """Allow TF32 in CUDA float32 matrix products inside the block (torch's default is off)."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 def reference_value(z: Tensor) -> float:
-    s = np.linalg.svd(z.double().numpy(), compute_uv=False)
+    s = np.linalg.svd(z.double().cpu().numpy(), compute_uv=False)
     p = s / s.sum() + EPS
     return float(np.exp(-(p * np.log(p)).sum()))
 
@@ -77,7 +94,7 @@ class PrecisionRow:
 
 def _routes(batch: int) -> dict[str, Callable[[Tensor], float]]:
     def metric(z: Tensor) -> float:
-        m = RankMe()
+        m = RankMe().to(common.DEVICE)
         for chunk in z.split(batch):
             m.update(chunk)
         # the value from the float64 spectrum: compute() returns the default dtype (float32), whose rounding
@@ -85,24 +102,31 @@ def _routes(batch: int) -> dict[str, Callable[[Tensor], float]]:
         return _value(m.summary().singular_values)
 
     def f32_acc(z: Tensor, f64_eig: bool) -> float:
-        gram = torch.zeros(z.shape[1], z.shape[1])
+        gram = torch.zeros(z.shape[1], z.shape[1], device=z.device)
         for chunk in z.split(batch):
             _add_gram_(gram, chunk)
         return _from_gram(gram.double() if f64_eig else gram, z.shape[0])
 
     def f32_products(z: Tensor) -> float:
-        gram = torch.zeros(z.shape[1], z.shape[1], dtype=torch.float64)
+        gram = torch.zeros(z.shape[1], z.shape[1], dtype=torch.float64, device=z.device)
         for chunk in z.split(batch):
             gram += (chunk.T @ chunk).double()
         return _from_gram(gram, z.shape[0])
 
-    return {
+    def tf32_acc(z: Tensor) -> float:
+        with tf32_products():
+            return f32_acc(z, True)
+
+    routes: dict[str, Callable[[Tensor], float]] = {
         "gram f64": metric,
         "gram f32 acc": lambda z: f32_acc(z, True),
         "gram f32 all": lambda z: f32_acc(z, False),
         "f32 products, f64 sum": f32_products,
         "usual f32 svdvals": lambda z: _value(torch.linalg.svdvals(z)),
     }
+    if common.on_accelerator():
+        routes["gram tf32 acc"] = tf32_acc
+    return routes
 
 
 def precision_errors(n: int, d: int, batch: int = 512) -> list[PrecisionRow]:
@@ -112,6 +136,7 @@ def precision_errors(n: int, d: int, batch: int = 512) -> list[PrecisionRow]:
         warnings.simplefilter("ignore", RankMeWarning)
         for name, z in hard_spectra(n, d).items():
             ref = reference_value(z)
+            z = z.to(common.DEVICE)
             errors = {route: abs(fn(z) - ref) / ref for route, fn in routes.items()}
             rows.append(PrecisionRow(name, z.shape[0], d, ref, errors))
     return rows
@@ -123,6 +148,7 @@ class PrecisionSpeed:
     f64_s: float
     f32_s: float
     f64_bare_s: float
+    tf32_s: float | None = None  # CUDA only
 
     @property
     def speedup(self) -> float:
@@ -131,12 +157,12 @@ class PrecisionSpeed:
 
 def precision_speed(ds: Sequence[int], batch: int = 512, steps: int = 8, repeats: int = 3) -> list[PrecisionSpeed]:
     """Seconds per ``steps`` updates of float32 batches: upcast + float64 product vs the float32 product (both the
-    shipped lower-triangle kernel ``_add_gram_``)."""
+    shipped lower-triangle kernel ``_add_gram_``), and on CUDA the float32 product with TF32 allowed."""
     out = []
     for d in ds:
-        pool = [torch.randn(batch, d) for _ in range(4)]
-        g64 = torch.zeros(d, d, dtype=torch.float64)
-        g32 = torch.zeros(d, d)
+        pool = [torch.randn(batch, d, device=common.DEVICE) for _ in range(4)]
+        g64 = torch.zeros(d, d, dtype=torch.float64, device=common.DEVICE)
+        g32 = torch.zeros(d, d, device=common.DEVICE)
 
         def f64(g64: Tensor = g64, pool: list[Tensor] = pool) -> None:
             for step in range(steps):
@@ -155,12 +181,17 @@ def precision_speed(ds: Sequence[int], batch: int = 512, steps: int = 8, repeats
                 z = pool64[step % 4]
                 _add_gram_(g64, z)
 
+        def tf32(f32: Callable[[], None] = f32) -> None:
+            with tf32_products():
+                f32()
+
         out.append(
             PrecisionSpeed(
                 d,
                 median_time(f64, repeats=repeats),
                 median_time(f32, repeats=repeats),
                 median_time(f64_bare, repeats=repeats),
+                median_time(tf32, repeats=repeats) if common.on_accelerator() else None,
             )
         )
     return out

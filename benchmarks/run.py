@@ -9,10 +9,17 @@ Sections (all measured side by side in one run, ratios from that run):
 3. closeness to the limit: the update's FLOP rate against float64 ``torch.mm`` measured in the same run; the shipped
    lower-triangle update against the full product of the same batch, and a block-size sweep (where symmetry pays);
 4. the two callbacks' cost on a validation epoch of a conv encoder (a real ``Trainer.validate``);
-5. float32 accumulation: speed against float64 and error on the hard spectra.
+5. float32 accumulation: speed against float64 and error on the hard spectra;
+6. the paper's size (N=25600, D=8192): float32 ``svdvals`` against the Gram route, with the float64 SVD of the
+   same rows as the reference (``--full``, and by default on an accelerator).
 
 ``--quick`` is a smoke check at toy sizes (< 30 s, numbers meaningless); the default set takes several minutes;
-``--full`` adds the largest cell (N=102400, D=4096). The default run writes docs/benchmarks.md.
+``--full`` adds the largest cell (N=102400, D=4096) and section 6. The default run writes docs/benchmarks.md.
+
+``--device cuda`` runs every section on the GPU (tensors, metrics, the Trainer of section 4), with the GPU's
+work synchronised into every timing and peak memory read from ``torch.cuda.max_memory_allocated``; its default
+report is docs/benchmarks-cuda.md. On an accelerator no grid cell is skipped, the CPU contention probe is left
+out, section 5 adds TF32 products, and section 6 runs.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import common  # noqa: E402
 import torch  # noqa: E402
 from common import (  # noqa: E402
     Machine,
@@ -39,12 +47,17 @@ from common import (  # noqa: E402
     fmt_seconds,
     load_average,
     memory_bandwidth_gbs,
+    on_accelerator,
+    set_device,
 )
 
 ROOT = HERE.parent
 ROUTE_LABELS = {"gram": "gram", "embeddings": "embeddings", "usual": "usual"}
 ROUTES = ("gram", "embeddings", "usual")
 DEFAULT_MARKDOWN = ROOT / "docs" / "benchmarks.md"
+DEFAULT_MARKDOWN_CUDA = ROOT / "docs" / "benchmarks-cuda.md"
+PAPER_SIZE = (25600, 8192)
+SECTIONS = ("limits", "issue2", "grid", "precision", "callback", "paper")
 
 
 @dataclass
@@ -64,6 +77,7 @@ class Preset:
     precision_speed_d: Sequence[int]
     profile: bool
     contention: tuple[int, int] | None = None
+    paper: tuple[int, int] | None = None
     repeat_budget_s: float = 4.0
     notes: list[str] = field(default_factory=list)
 
@@ -88,6 +102,7 @@ PRESETS = {
         precision_nd=(512, 64),
         precision_speed_d=(128,),
         profile=False,
+        paper=(1024, 512),
         repeat_budget_s=0.5,
         notes=["--quick: toy sizes for a smoke check; the numbers say nothing about the targets."],
     ),
@@ -109,7 +124,16 @@ PRESETS = {
         contention=(25600, 2048),
     ),
 }
-PRESETS["full"] = Preset(**{**PRESETS["default"].__dict__, "name": "full", "skip": {}})
+PRESETS["full"] = Preset(**{**PRESETS["default"].__dict__, "name": "full", "skip": {}, "paper": PAPER_SIZE})
+
+
+def for_accelerator(preset: Preset) -> Preset:
+    """The preset as run on a GPU: every grid cell (the CPU's reasons to skip do not hold), no CPU contention
+    probe, the float32-accumulation speed up to D=8192, and the paper's size; --quick stays as it is."""
+    if preset.name == "quick":
+        return preset
+    changes = {"skip": {}, "contention": None, "paper": PAPER_SIZE, "precision_speed_d": (1024, 2048, 4096, 8192)}
+    return Preset(**{**preset.__dict__, **changes})
 
 
 def _status(met: bool | str | None) -> str:
@@ -157,12 +181,19 @@ class Report:
         out += [f"- {note}" for note in self.preset.notes]
         out += [
             "",
-            "Reproduce: `make bench` (= `.venv/bin/python benchmarks/run.py`, the default set, writes this file);"
-            " `--quick` is a smoke check at toy sizes (< 30 s); `--full` adds the N=102400, D=4096 cell;"
-            " `--only limits issue2 grid precision callback` runs some sections; `--quick` and `--only` runs print"
-            " only, unless `--markdown PATH`."
+            "Reproduce: `make bench` (= `.venv/bin/python benchmarks/run.py`, the default set, writes"
+            " docs/benchmarks.md); `--quick` is a smoke check at toy sizes (< 30 s); `--full` adds the N=102400,"
+            " D=4096 cell and the paper's size; `--device cuda` runs it all on a GPU (writes"
+            " docs/benchmarks-cuda.md); `--only " + " ".join(SECTIONS) + "` runs some sections; `--quick` and"
+            " `--only` runs print only, unless `--markdown PATH`."
             " Timings on a shared 2-core VM move with the neighbours' load: compare ratios within one run.",
         ]
+        if self.machine.accelerator:
+            out += [
+                "",
+                "On an accelerator: the targets below are the issue's, set for the 2-core CPU; they are evaluated here"
+                " for comparison only.",
+            ]
         out += ["", "## Targets met / missed", "", self.targets_table().markdown(level=3).split("\n", 2)[2], ""]
         out += [
             "Every row measures the shipped `rankme.RankMe` (`src/rankme/metric.py`). Its gram update:",
@@ -307,14 +338,16 @@ def section_limits(report: Report, preset: Preset) -> dict[int, float]:
     )
     report.add(table)
 
+    gpu = on_accelerator()
     eig = Table(
         "eigvalsh of a D x D float64 Gram matrix (the gram route's epoch-end cost; best of 3)",
-        ["D", f"{torch.get_num_threads()} threads", "1 thread"],
+        ["D", f"on {common.DEVICE}"] if gpu else ["D", f"{torch.get_num_threads()} threads", "1 thread"],
     )
     eig_times = {}
     for d in preset.limit_d:
         eig_times[d] = eigvalsh_seconds(d)
-        eig.add(d, fmt_seconds(eig_times[d]), fmt_seconds(eigvalsh_seconds(d, threads=1)))
+        one_thread = [] if gpu else [fmt_seconds(eigvalsh_seconds(d, threads=1))]
+        eig.add(d, fmt_seconds(eig_times[d]), *one_thread)
     report.add(eig)
 
     if preset.contention is not None:
@@ -663,12 +696,19 @@ def explain_grid(report: Report, grid: dict[tuple[int, int], dict]) -> None:
     if whole:
         over = [(n, dd, r) for n, dd, r in whole if r > 1]
         worst = max(whole, key=lambda item: item[2])
+        why = (
+            "the usual approach's float32 SVD of the tall N x D matrix (a QR first) does work of the same order at the"
+            " float32 rate, about twice as fast per FLOP on this CPU. So where the updates dominate (N >> D) the two"
+            " whole costs are close"
+            if not on_accelerator()
+            else "the usual approach's float32 SVD of the tall N x D matrix runs in the GPU's solver (cuSOLVER), far"
+            " below its matrix-product rate"
+        )
         report.findings.append(
             "Whole cost: the gram route's updates compute the lower block triangle of Z^T Z, about N*D^2*(1+b/D)"
-            " float64 FLOP (b = max(64, D/16)), at close to the float64 GEMM rate; the usual approach's float32 SVD of"
-            " the tall N x D matrix (a QR first) does work of the same order at the float32 rate, about twice as fast"
-            " per FLOP on this CPU. So where the updates dominate (N >> D) the two whole costs are close; cells where"
-            " the gram route costs more: "
+            " float64 FLOP (b = max(64, D/16)), at close to the float64 GEMM rate; "
+            + why
+            + "; cells where the gram route costs more: "
             + (", ".join(f"{n}x{dd}: {r:.2f}x" for n, dd, r in over) if over else "none in this run")
             + f"; worst cell {worst[0]}x{worst[1]}: {worst[2]:.2f}x."
         )
@@ -679,6 +719,7 @@ def section_precision(report: Report, preset: Preset) -> None:
 
     print("\n[5] float32 accumulation: speed and error", flush=True)
     speed = precision_speed(preset.precision_speed_d)
+    tf32 = ["tf32 product", "tf32 speed-up over the metric"] if on_accelerator() else []
     table = Table(
         "Float32 vs float64 accumulation: 8 updates of 512 float32 rows (the shipped lower-triangle product in both)",
         [
@@ -687,10 +728,19 @@ def section_precision(report: Report, preset: Preset) -> None:
             "f64 product alone",
             "f32 product",
             "f32 speed-up over the metric",
+            *tf32,
         ],
     )
     for s in speed:
-        table.add(s.d, fmt_seconds(s.f64_s), fmt_seconds(s.f64_bare_s), fmt_seconds(s.f32_s), f"{s.speedup:.2f}x")
+        tf32_cells = [] if s.tf32_s is None else [fmt_seconds(s.tf32_s), f"{s.f64_s / s.tf32_s:.2f}x"]
+        table.add(
+            s.d,
+            fmt_seconds(s.f64_s),
+            fmt_seconds(s.f64_bare_s),
+            fmt_seconds(s.f32_s),
+            f"{s.speedup:.2f}x",
+            *tf32_cells,
+        )
     report.add(table)
 
     n, d = preset.precision_nd
@@ -705,6 +755,7 @@ def section_precision(report: Report, preset: Preset) -> None:
     table.notes.append(
         "gram f32 acc: float32 Z^T Z summed in float32, float64 eigvalsh; gram f32 all: also float32 eigvalsh;"
         " f32 products, f64 sum: each batch's product in float32, running sum in float64"
+        + ("; gram tf32 acc: gram f32 acc with TF32 matrix products allowed" if on_accelerator() else "")
     )
     report.add(table)
     worst = {r: max(row.errors[r] for row in rows) for r in routes}
@@ -807,31 +858,93 @@ def section_callback(report: Report, preset: Preset) -> object:
     return result
 
 
+def section_paper(report: Report, preset: Preset) -> None:
+    from metric_bench import run_cell
+
+    assert preset.paper is not None
+    n, d = preset.paper
+    print(f"\n[6] the paper's size: N={n}, D={d}, float32 svdvals vs the gram route (float64 SVD: reference)")
+    results = run_cell(n, d, ("gram", "usual", "embeddings"), max_repeats=1)
+    usual, reference = results["usual"], results["embeddings"].value
+    table = Table(
+        f"The paper's size{'' if (n, d) == PAPER_SIZE else ' (a toy stand-in with --quick)'}: N={n}, D={d},"
+        f" batches of 512, on {common.DEVICE} (one run)",
+        [
+            "route",
+            "updates",
+            "epoch-end latency",
+            "whole cost",
+            "latency usual / route",
+            "whole route / usual",
+            "peak memory",
+            "value",
+            "relative difference from the float64 SVD",
+        ],
+    )
+    for route in ROUTES:
+        r = results[route]
+        table.add(
+            ROUTE_LABELS[route],
+            fmt_seconds(r.update_s),
+            fmt_seconds(r.latency_s),
+            fmt_seconds(r.whole_s),
+            f"{usual.latency_s / r.latency_s:.2f}x",
+            f"{r.whole_s / usual.whole_s:.2f}x",
+            fmt_bytes(r.peak_bytes),
+            f"{r.value:.4f}",
+            "reference" if route == "embeddings" else f"{abs(r.value - reference) / reference:.1e}",
+        )
+    table.notes.append(
+        "embeddings: the metric's float64 SVD of the stacked rows, the exact value; values are the metric's float32"
+        " output (rounding about 6e-8 relative); peak memory: "
+        + ("device memory allocated by torch above the start" if on_accelerator() else "malloc heap growth")
+    )
+    report.add(table)
+    gram = results["gram"]
+    report.findings.append(
+        f"The paper's size ({n} x {d}) on {common.DEVICE}: the gram route's epoch-end latency is"
+        f" {fmt_seconds(gram.latency_s)} against {fmt_seconds(usual.latency_s)} for float32 svdvals"
+        f" ({usual.latency_s / gram.latency_s:.1f}x lower), whole cost {gram.whole_s / usual.whole_s:.2f}x; relative"
+        f" difference from the float64 SVD: gram {abs(gram.value - reference) / reference:.1e}, float32 svdvals"
+        f" {abs(usual.value - reference) / reference:.1e}."
+    )
+
+
+def _profile_table(fn: Callable[[], object], row_limit: int) -> str:
+    """torch.profiler table of ``fn()``: top ops by self CPU time, by self device time on an accelerator."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_accelerator() else [])
+    with profile(activities=activities) as prof:
+        fn()
+        common.synchronize()
+    sort_by = "self_cuda_time_total" if on_accelerator() else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit, max_name_column_width=40)
+
+
 def profile_gram_epoch(n: int, d: int) -> str:
     """torch.profiler of one gram epoch (updates + compute): where the time goes."""
     from metric_bench import make_pool
-    from torch.profiler import ProfilerActivity, profile
 
     from rankme import RankMe
 
     pool = make_pool(d, 512, 8)
-    metric = RankMe()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    metric = RankMe().to(common.DEVICE)
+
+    def epoch() -> None:
         for step in range(n // 512):
             metric.update(pool[step % len(pool)])
         metric.compute()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40)
+
+    return _profile_table(epoch, row_limit=12)
 
 
 def profile_usual(n: int, d: int) -> str:
     from metric_bench import make_pool, usual_rankme
-    from torch.profiler import ProfilerActivity, profile
 
     pool = make_pool(d, 512, 8)
     stored = [pool[step % len(pool)] for step in range(n // 512)]
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        usual_rankme(stored)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8, max_name_column_width=40)
+    return _profile_table(lambda: usual_rankme(stored), row_limit=8)
 
 
 def profile_callback(preset: Preset) -> str:
@@ -852,7 +965,9 @@ def markdown_target(args: argparse.Namespace) -> Path | None:
         return None
     if args.markdown is not None:
         return args.markdown
-    return None if args.quick or args.only else DEFAULT_MARKDOWN
+    if args.quick or args.only:
+        return None
+    return DEFAULT_MARKDOWN if args.device == "cpu" else DEFAULT_MARKDOWN_CUDA
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -868,21 +983,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-markdown", action="store_true", help="print only")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument(
-        "--only",
-        nargs="*",
-        choices=("limits", "issue2", "grid", "precision", "callback"),
-        help="run only these sections",
-    )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]: where every section runs")
+    parser.add_argument("--only", nargs="*", choices=SECTIONS, help="run only these sections")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    set_device(args.device)
     preset = PRESETS["quick" if args.quick else "full" if args.full else "default"]
+    if on_accelerator():
+        preset = for_accelerator(preset)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    sections = set(args.only or ("limits", "issue2", "grid", "precision", "callback"))
+    sections = set(args.only or [s for s in SECTIONS if s != "paper" or preset.paper is not None])
+    if "paper" in sections and preset.paper is None:
+        preset = Preset(**{**preset.__dict__, "paper": PAPER_SIZE})
 
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     machine = describe_machine()
@@ -894,9 +1010,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
 
     # warm-up: MKL, OpenMP pool, LAPACK paths
-    w = torch.randn(1024, 256)
+    w = torch.randn(1024, 256, device=common.DEVICE)
     torch.linalg.svdvals(w)
     torch.linalg.eigvalsh((w.T @ w).double())
+    common.synchronize()
 
     if "limits" in sections:
         section_limits(report, preset)
@@ -911,6 +1028,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         section_precision(report, preset)
     if "callback" in sections:
         section_callback(report, preset)
+    if "paper" in sections:
+        section_paper(report, preset)
 
     if preset.profile:
         n, d = preset.issue2

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +41,7 @@ TITLES = [
     "Float32 vs float64 accumulation",
     "Relative error of RankMe vs a float64 numpy SVD",
     "Two RankMeCallbacks (backbone + projector)",
+    "The paper's size",
     "Targets",
 ]
 
@@ -115,6 +117,7 @@ def _run_module():  # benchmarks/ is not a package: import run.py the way `pytho
         (["--only", "limits"], None),  # a partial run must not replace the recorded numbers
         (["--only", "limits", "--markdown", "out.md"], "out.md"),
         (["--no-markdown"], None),
+        (["--device", "cuda"], "docs-cuda"),  # a GPU run keeps its own record next to the CPU's
     ],
 )
 def test_markdown_target(argv: list[str], expected: str | None) -> None:
@@ -122,5 +125,40 @@ def test_markdown_target(argv: list[str], expected: str | None) -> None:
     target = run.markdown_target(run.parse_args(argv))
     if expected == "docs":
         assert target == ROOT / "docs" / "benchmarks.md"
+    elif expected == "docs-cuda":
+        assert target == ROOT / "docs" / "benchmarks-cuda.md"
     else:
         assert target == (None if expected is None else Path(expected))
+
+
+def _bench(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_device_cuda_without_a_gpu_says_so() -> None:
+    proc = _bench("--quick", "--device", "cuda")
+    assert proc.returncode != 0
+    assert "--device cuda: torch.cuda.is_available() is False on this machine; use --device cpu" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_quick_on_cuda(tmp_path: Path) -> None:
+    markdown = tmp_path / "cuda.md"
+    proc = _bench("--quick", "--device", "cuda", "--markdown", str(markdown))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for title in TITLES:
+        assert title in proc.stdout, title
+    assert "Accelerator (every tensor and metric of this run): " in proc.stdout
+    assert "gram tf32 acc" in proc.stdout
+    assert "tf32 speed-up over the metric" in proc.stdout
+    assert "on cuda" in proc.stdout
+    assert "evaluated here for comparison only" in markdown.read_text()

@@ -216,5 +216,5 @@ def profile_validate(
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if common.on_accelerator() else [])
         with profile(activities=activities) as prof:
             _validate(model, loader, callbacks)
-    sort_by = "self_cuda_time_total" if common.on_accelerator() else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if common.on_accelerator() else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=sort_by, row_limit=15, max_name_column_width=40)

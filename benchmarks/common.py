@@ -26,13 +26,18 @@ DEVICE = torch.device("cpu")
 
 
 def set_device(name: str) -> torch.device:
-    """Run the benchmarks on ``name`` ("cpu", "cuda", "cuda:1"); an unavailable accelerator is an error."""
+    """Run the benchmarks on ``name`` ("cpu", "cuda", "cuda:1"); an unknown or unavailable device is an error."""
     global DEVICE
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = torch.device("meta")  # any type that is refused below
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {name}: expected cpu, cuda or cuda:INDEX")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {name}: torch.cuda.is_available() is False on this machine; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise SystemExit(f"--device {name}: expected cpu or cuda")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SystemExit(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     DEVICE = device
     return device
 

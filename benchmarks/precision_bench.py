@@ -47,13 +47,16 @@ def _from_gram(gram: Tensor, n: int) -> float:
 
 @contextlib.contextmanager
 def tf32_products() -> Iterator[None]:
-    """Allow TF32 in CUDA float32 matrix products inside the block (torch's default is off)."""
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+    """Allow TF32 in CUDA float32 matrix products inside the block (torch's default is off): the
+    ``fp32_precision`` setting where torch has it, else the older ``allow_tf32`` flag (never both)."""
+    matmul = torch.backends.cuda.matmul
+    name, value = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
+    previous = getattr(matmul, name)
+    setattr(matmul, name, value)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+        setattr(matmul, name, previous)
 
 
 def reference_value(z: Tensor) -> float:

@@ -19,7 +19,14 @@ Sections (all measured side by side in one run, ratios from that run):
 ``--device cuda`` runs every section on the GPU (tensors, metrics, the Trainer of section 4), with the GPU's
 work synchronised into every timing and peak memory read from ``torch.cuda.max_memory_allocated``; its default
 report is docs/benchmarks-cuda.md. On an accelerator no grid cell is skipped, the CPU contention probe is left
-out, section 5 adds TF32 products, and section 6 runs.
+out, section 5 adds TF32 products, and section 6 runs. On the workplace's lent GPU machine (torch, lightning,
+torchmetrics and numpy are there; one command may run 10 minutes), from the repository root, in three calls,
+each writing its own part:
+
+    PYTHONPATH=src PYTHONUNBUFFERED=1 python3 benchmarks/run.py --device cuda \
+        --only limits issue2 precision callback --markdown $OUT/cuda-1.md
+    ... --only grid --markdown $OUT/cuda-2.md
+    ... --only paper --markdown $OUT/cuda-3.md
 """
 
 from __future__ import annotations
@@ -78,6 +85,8 @@ class Preset:
     profile: bool
     contention: tuple[int, int] | None = None
     paper: tuple[int, int] | None = None
+    precision_steps: int = 8
+    precision_repeats: int = 3
     repeat_budget_s: float = 4.0
     notes: list[str] = field(default_factory=list)
 
@@ -129,10 +138,19 @@ PRESETS["full"] = Preset(**{**PRESETS["default"].__dict__, "name": "full", "skip
 
 def for_accelerator(preset: Preset) -> Preset:
     """The preset as run on a GPU: every grid cell (the CPU's reasons to skip do not hold), no CPU contention
-    probe, the float32-accumulation speed up to D=8192, and the paper's size; --quick stays as it is."""
+    probe, enough work per timing that kernel launches and synchronisation do not dominate, the
+    float32-accumulation speed up to D=8192, and the paper's size; --quick stays as it is."""
     if preset.name == "quick":
         return preset
-    changes = {"skip": {}, "contention": None, "paper": PAPER_SIZE, "precision_speed_d": (1024, 2048, 4096, 8192)}
+    changes = {
+        "skip": {},
+        "contention": None,
+        "paper": PAPER_SIZE,
+        "limit_flop": 1e12,
+        "precision_speed_d": (1024, 2048, 4096, 8192),
+        "precision_steps": 64,
+        "precision_repeats": 10,
+    }
     return Preset(**{**preset.__dict__, **changes})
 
 
@@ -577,10 +595,17 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
         )
     mem.notes += [
         "state: bytes of the metric's registered states after the epoch (usual: the kept float32 batches)",
-        "peak: the most bytes in use on the malloc heap (glibc mallinfo2) above the start of the epoch, sampled every"
-        " 5 ms in a thread: the kept rows, float64 copies, torch.cat results, LAPACK workspaces, each batch (a fresh"
-        " tensor, as an encoder's output would be); spikes shorter than 5 ms can be missed. Not the RSS: glibc"
-        " reuses resident memory freed by the previous route, which hid whole allocations in an RSS delta",
+        (
+            "peak: the most device memory allocated by torch above the start of the epoch"
+            " (torch.cuda.max_memory_allocated, exact): the kept rows, float64 copies, torch.cat results, solver"
+            " workspaces, each batch (a fresh tensor, as an encoder's output would be)"
+            if on_accelerator()
+            else "peak: the most bytes in use on the malloc heap (glibc mallinfo2) above the start of the epoch,"
+            " sampled every 5 ms in a thread: the kept rows, float64 copies, torch.cat results, LAPACK workspaces,"
+            " each batch (a fresh tensor, as an encoder's output would be); spikes shorter than 5 ms can be missed."
+            " Not the RSS: glibc reuses resident memory freed by the previous route, which hid whole allocations in"
+            " an RSS delta"
+        ),
         "sync: what each rank sends per sync, from the state shapes: gram 8*(D^2+1) bytes whatever N is (+8*D centred);"
         " embeddings 8*(N*D+1) (all_gather of the rows); the usual approach would gather 4*N*D",
     ]
@@ -701,8 +726,8 @@ def explain_grid(report: Report, grid: dict[tuple[int, int], dict]) -> None:
             " float32 rate, about twice as fast per FLOP on this CPU. So where the updates dominate (N >> D) the two"
             " whole costs are close"
             if not on_accelerator()
-            else "the usual approach's float32 SVD of the tall N x D matrix runs in the GPU's solver (cuSOLVER), far"
-            " below its matrix-product rate"
+            else "the usual approach's float32 SVD of the tall N x D matrix runs in the GPU's solver (cuSOLVER):"
+            " the ratios above say how the two compare on this GPU"
         )
         report.findings.append(
             "Whole cost: the gram route's updates compute the lower block triangle of Z^T Z, about N*D^2*(1+b/D)"
@@ -718,10 +743,12 @@ def section_precision(report: Report, preset: Preset) -> None:
     from precision_bench import precision_errors, precision_speed
 
     print("\n[5] float32 accumulation: speed and error", flush=True)
-    speed = precision_speed(preset.precision_speed_d)
+    steps = preset.precision_steps
+    speed = precision_speed(preset.precision_speed_d, steps=steps, repeats=preset.precision_repeats)
     tf32 = ["tf32 product", "tf32 speed-up over the metric"] if on_accelerator() else []
     table = Table(
-        "Float32 vs float64 accumulation: 8 updates of 512 float32 rows (the shipped lower-triangle product in both)",
+        f"Float32 vs float64 accumulation: {steps} updates of 512 float32 rows (the shipped lower-triangle product in"
+        " both)",
         [
             "D",
             "f64: upcast + product (the metric)",
@@ -918,7 +945,7 @@ def _profile_table(fn: Callable[[], object], row_limit: int) -> str:
     with profile(activities=activities) as prof:
         fn()
         common.synchronize()
-    sort_by = "self_cuda_time_total" if on_accelerator() else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if on_accelerator() else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit, max_name_column_width=40)
 
 
@@ -967,7 +994,7 @@ def markdown_target(args: argparse.Namespace) -> Path | None:
         return args.markdown
     if args.quick or args.only:
         return None
-    return DEFAULT_MARKDOWN if args.device == "cpu" else DEFAULT_MARKDOWN_CUDA
+    return DEFAULT_MARKDOWN if torch.device(args.device).type == "cpu" else DEFAULT_MARKDOWN_CUDA
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -1031,7 +1058,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "paper" in sections:
         section_paper(report, preset)
 
-    if preset.profile:
+    if preset.profile and "issue2" in sections:  # profiles of section 1's cell, once per set of runs
         n, d = preset.issue2
         print("\nprofiling one gram epoch and one usual compute ...", flush=True)
         report.profiles.append((f"torch.profiler: one gram epoch, N={n}, D={d}", profile_gram_epoch(n, d)))

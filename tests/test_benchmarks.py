@@ -149,6 +149,13 @@ def test_device_cuda_without_a_gpu_says_so() -> None:
     assert "--device cuda: torch.cuda.is_available() is False on this machine; use --device cpu" in proc.stderr
 
 
+@pytest.mark.parametrize("device", ["gpu", "mps"])
+def test_unknown_device_says_what_is_expected(device: str) -> None:
+    proc = _bench("--quick", "--device", device)
+    assert proc.returncode != 0
+    assert f"--device {device}: expected cpu, cuda or cuda:INDEX" in proc.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_quick_on_cuda(tmp_path: Path) -> None:

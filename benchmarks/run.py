@@ -85,6 +85,7 @@ class Preset:
     profile: bool
     contention: tuple[int, int] | None = None
     paper: tuple[int, int] | None = None
+    few_rows: Sequence[tuple[int, int]] = ()
     precision_steps: int = 8
     precision_repeats: int = 3
     repeat_budget_s: float = 4.0
@@ -112,6 +113,7 @@ PRESETS = {
         precision_speed_d=(128,),
         profile=False,
         paper=(1024, 512),
+        few_rows=((64, 256),),
         repeat_budget_s=0.5,
         notes=["--quick: toy sizes for a smoke check; the numbers say nothing about the targets."],
     ),
@@ -131,6 +133,7 @@ PRESETS = {
         precision_speed_d=(1024, 2048),
         profile=True,
         contention=(25600, 2048),
+        few_rows=((512, 2048), (1024, 4096), (2048, 4096)),
     ),
 }
 PRESETS["full"] = Preset(**{**PRESETS["default"].__dict__, "name": "full", "skip": {}, "paper": PAPER_SIZE})
@@ -694,6 +697,49 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
     return grid
 
 
+def section_few_rows(report: Report, preset: Preset) -> None:
+    """Cells below the grid, N < D: the one regime where the Gram route's D x D eigvalsh costs more than an SVD of
+    the few rows (and the value is capped by N; the metric warns)."""
+    import warnings
+
+    from metric_bench import run_cell
+
+    from rankme import RankMeWarning
+
+    print("\n[2b] below the grid: fewer rows than features", flush=True)
+    table = Table(
+        "Fewer rows than features (N < D): time per epoch (updates / epoch-end latency / whole cost), batches of 512",
+        ["N", "D", *[ROUTE_LABELS[r] for r in ROUTES], "whole gram/usual", "whole emb/usual"],
+    )
+    worst: list[str] = []
+    for n, d in preset.few_rows:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RankMeWarning)  # "N < D: the value is capped by N", expected here
+            res = run_cell(n, d, ROUTES, max_repeats=1)
+        cells = [
+            f"{fmt_seconds(res[r].update_s)} / {fmt_seconds(res[r].latency_s)} / {fmt_seconds(res[r].whole_s)}"
+            for r in ROUTES
+        ]
+        usual = res["usual"].whole_s
+        table.add(n, d, *cells, fmt_ratio(res["gram"].whole_s / usual), fmt_ratio(res["embeddings"].whole_s / usual))
+        worst.append(
+            f"{n}x{d}: gram {res['gram'].whole_s / usual:.2f}x, embeddings {res['embeddings'].whole_s / usual:.2f}x"
+        )
+    table.notes.append(
+        "outside the issue's grid (N >= 4096 there); one run each. The gram route's epoch end is one eigvalsh of"
+        " D x D whatever N is, while an SVD of N x D rows costs about N^2 D: with few rows the rows are cheaper"
+    )
+    report.add(table)
+    report.findings.append(
+        "Fewer rows than features (whole cost against the usual approach): "
+        + "; ".join(worst)
+        + ". Here the D x D eigvalsh of the gram route costs more than an SVD of the rows, so an automatic switch"
+        " (keep the rows while N < D, fold them into the Gram matrix after) would pay in this regime only. It is not"
+        " built: with N < D the value is capped by N and the metric warns that runs are not comparable, the paper"
+        " uses N = 25600 >= D, and mode='embeddings' is there for this case."
+    )
+
+
 def explain_grid(report: Report, grid: dict[tuple[int, int], dict]) -> None:
     """Why the ratios come out as they do, with the numbers of this run."""
 
@@ -1051,6 +1097,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid = section_grid(report, preset, reuse) if "grid" in sections else {}
     if grid:
         explain_grid(report, grid)
+        if preset.few_rows:
+            section_few_rows(report, preset)
     if "precision" in sections:
         section_precision(report, preset)
     if "callback" in sections:

@@ -38,6 +38,7 @@ TITLES = [
     "Issue 5: ratios",
     "Issue 5: memory",
     "Issue 5: growth exponents",
+    "Fewer rows than features (N < D)",
     "Float32 vs float64 accumulation",
     "Relative error of RankMe vs a float64 numpy SVD",
     "Two RankMeCallbacks (backbone + projector)",

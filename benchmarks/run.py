@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -57,6 +58,9 @@ from common import (  # noqa: E402
     on_accelerator,
     set_device,
 )
+
+if TYPE_CHECKING:
+    from metric_bench import RouteResult
 
 ROOT = HERE.parent
 ROUTE_LABELS = {"gram": "gram", "embeddings": "embeddings", "usual": "usual"}
@@ -443,17 +447,12 @@ def section_limits(report: Report, preset: Preset) -> dict[int, float]:
     return eig_times
 
 
-def section_issue2(report: Report, preset: Preset) -> dict[str, object]:
-    from metric_bench import run_cell
-
-    n, d = preset.issue2
-    print(f"\n[1] issue 2: N={n}, D={d}, batches of 512, gram vs the usual approach", flush=True)
-    results = run_cell(
-        n, d, ("gram", "usual", "embeddings"), max_repeats=preset.issue2_repeats, repeat_budget_s=float("inf")
-    )
+def routes_table(title: str, results: dict[str, RouteResult], extra: dict[str, Callable[[RouteResult], str]]) -> Table:
+    """One row per route: updates, epoch-end latency, whole cost and their ratios to the usual approach, then the
+    ``extra`` columns."""
     usual = results["usual"]
     table = Table(
-        f"Issue 2: N={n}, D={d}, batches of 512 (median of {results['gram'].repeats})",
+        title,
         [
             "route",
             "updates",
@@ -461,7 +460,7 @@ def section_issue2(report: Report, preset: Preset) -> dict[str, object]:
             "whole cost",
             "latency usual / route",
             "whole route / usual",
-            "value",
+            *extra,
         ],
     )
     for route in ROUTES:
@@ -473,8 +472,25 @@ def section_issue2(report: Report, preset: Preset) -> dict[str, object]:
             fmt_seconds(r.whole_s),
             f"{usual.latency_s / r.latency_s:.2f}x",
             f"{r.whole_s / usual.whole_s:.2f}x",
-            f"{r.value:.4f}",
+            *[cell(r) for cell in extra.values()],
         )
+    return table
+
+
+def section_issue2(report: Report, preset: Preset) -> dict[str, object]:
+    from metric_bench import run_cell
+
+    n, d = preset.issue2
+    print(f"\n[1] issue 2: N={n}, D={d}, batches of 512, gram vs the usual approach", flush=True)
+    results = run_cell(
+        n, d, ("gram", "usual", "embeddings"), max_repeats=preset.issue2_repeats, repeat_budget_s=float("inf")
+    )
+    usual = results["usual"]
+    table = routes_table(
+        f"Issue 2: N={n}, D={d}, batches of 512 (median of {results['gram'].repeats})",
+        results,
+        {"value": lambda r: f"{r.value:.4f}"},
+    )
     table.notes.append("targets: latency at least 3x lower (usual / gram >= 3), whole cost gram / usual <= 1.1")
     table.notes.append(
         "runs (update s, latency s): "
@@ -939,34 +955,18 @@ def section_paper(report: Report, preset: Preset) -> None:
     print(f"\n[6] the paper's size: N={n}, D={d}, float32 svdvals vs the gram route (float64 SVD: reference)")
     results = run_cell(n, d, ("gram", "usual", "embeddings"), max_repeats=1)
     usual, reference = results["usual"], results["embeddings"].value
-    table = Table(
+    table = routes_table(
         f"The paper's size{'' if (n, d) == PAPER_SIZE else ' (a toy stand-in with --quick)'}: N={n}, D={d},"
         f" batches of 512, on {common.DEVICE} (one run)",
-        [
-            "route",
-            "updates",
-            "epoch-end latency",
-            "whole cost",
-            "latency usual / route",
-            "whole route / usual",
-            "peak memory",
-            "value",
-            "relative difference from the float64 SVD",
-        ],
+        results,
+        {
+            "peak memory": lambda r: fmt_bytes(r.peak_bytes),
+            "value": lambda r: f"{r.value:.4f}",
+            "relative difference from the float64 SVD": lambda r: (
+                "reference" if r.route == "embeddings" else f"{abs(r.value - reference) / reference:.1e}"
+            ),
+        },
     )
-    for route in ROUTES:
-        r = results[route]
-        table.add(
-            ROUTE_LABELS[route],
-            fmt_seconds(r.update_s),
-            fmt_seconds(r.latency_s),
-            fmt_seconds(r.whole_s),
-            f"{usual.latency_s / r.latency_s:.2f}x",
-            f"{r.whole_s / usual.whole_s:.2f}x",
-            fmt_bytes(r.peak_bytes),
-            f"{r.value:.4f}",
-            "reference" if route == "embeddings" else f"{abs(r.value - reference) / reference:.1e}",
-        )
     table.notes.append(
         "embeddings: the metric's float64 SVD of the stacked rows, the exact value; values are the metric's float32"
         " output (rounding about 6e-8 relative); peak memory: "

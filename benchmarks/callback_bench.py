@@ -95,6 +95,12 @@ class CallbackResult:
         return statistics.median(self.with_s) / statistics.median(self.without_s)
 
     @property
+    def paired_ratio(self) -> float:
+        """The median over rounds of (with / without) in the same round: a slow drift of the machine's speed
+        cancels within a round."""
+        return statistics.median(w / wo for w, wo in zip(self.with_s, self.without_s, strict=True))
+
+    @property
     def best_ratio(self) -> float:
         return min(self.with_s) / min(self.without_s)
 

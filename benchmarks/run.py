@@ -90,6 +90,7 @@ class Preset:
     contention: tuple[int, int] | None = None
     paper: tuple[int, int] | None = None
     few_rows: Sequence[tuple[int, int]] = ()
+    limit_repeats: int = 10
     precision_steps: int = 8
     precision_repeats: int = 3
     repeat_budget_s: float = 4.0
@@ -118,6 +119,7 @@ PRESETS = {
         profile=False,
         paper=(1024, 512),
         few_rows=((64, 256),),
+        limit_repeats=3,
         repeat_budget_s=0.5,
         notes=["--quick: toy sizes for a smoke check; the numbers say nothing about the targets."],
     ),
@@ -259,19 +261,20 @@ def section_limits(report: Report, preset: Preset) -> dict[int, float]:
 
     print("\n[3] closeness to the limit: float64 matrix-product rate vs the update path", flush=True)
     batch = 512
-    rates = matmul_rates(preset.limit_d, batch, preset.limit_square)
+    rates = matmul_rates(preset.limit_d, batch, preset.limit_square, repeats=preset.limit_repeats)
     peak = max(rate.gflops for rate in rates)
     table = Table(
-        "Float64 matrix-product rate of this machine (torch.mm, same run, best of 5)", ["product", "time", "GFLOP/s"]
+        f"Float64 matrix-product rate of this machine (torch.mm, same run, best of {preset.limit_repeats})",
+        ["product", "time", "GFLOP/s"],
     )
     for rate in rates:
         table.add(rate.label, fmt_seconds(rate.seconds), f"{rate.gflops:.1f}")
     table.notes.append(f"limit used below: the best of these, {peak:.1f} GFLOP/s")
     report.add(table)
 
-    updates = update_rates(preset.limit_d, batch, preset.limit_flop, preset.tril_blocks)
+    updates = update_rates(preset.limit_d, batch, preset.limit_flop, preset.tril_blocks, repeats=preset.limit_repeats)
     table = Table(
-        f"Update path throughput (batches of n={batch} float32 rows; best of 5, taking turns)",
+        f"Update path throughput (batches of n={batch} float32 rows; best of {preset.limit_repeats}, taking turns)",
         [
             "D",
             "rows",
@@ -309,8 +312,8 @@ def section_limits(report: Report, preset: Preset) -> dict[int, float]:
     report.add(table)
 
     sweep = Table(
-        "Block-size sweep of the lower-triangle product (speed-up over the full addmm_ of the same batches; best of 5,"
-        " taking turns)",
+        "Block-size sweep of the lower-triangle product (speed-up over the full addmm_ of the same batches; best of"
+        f" {preset.limit_repeats}, taking turns)",
         ["D", *[f"b={k}" for k in preset.tril_blocks], "shipped b"],
     )
     for u in updates:

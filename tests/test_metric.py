@@ -427,6 +427,25 @@ def test_device_move_keeps_the_state(mode: str) -> None:
     assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("center", [False, True], ids=["uncentred", "centred"])
+@pytest.mark.parametrize("kind", SPECTRA)
+@pytest.mark.parametrize("mode", MODES)
+def test_on_cuda_matches_the_reference_and_keeps_float64_states(
+    mode: str, kind: str, center: bool, dtype: torch.dtype
+) -> None:
+    z = make_embeddings(kind).to(dtype)
+    metric = accumulate(RankMe(mode=mode, center=center).to("cuda"), z.cuda(), seed=SPECTRA.index(kind))
+    for name, tensors in state_snapshot(metric).items():
+        assert all(t.device.type == "cuda" for t in tensors), name
+        if name != "num_rows":
+            assert all(t.dtype == torch.float64 for t in tensors), name
+    assert value_of(metric) == pytest.approx(reference_rankme(z, center=center), rel=1e-6)
+    with pytest.raises(ValueError, match="nothing from this batch was added"):
+        metric.update(torch.full((2, z.shape[1]), math.nan, device="cuda"))
+
+
 @pytest.mark.parametrize("bad_batch", ["nan", "other-d", "all-dropped"])
 @pytest.mark.parametrize("mode", MODES)
 def test_forward_with_a_bad_batch_keeps_the_state(mode: str, bad_batch: str) -> None:

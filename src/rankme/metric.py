@@ -88,7 +88,9 @@ class RankMe(Metric):
       differ from an SVD's by up to about 1e-4 relative at D=2048 (1e-6 or better on the other spectra).
     - ``"embeddings"``: keeps every row (N x D float64 in memory, all rows gathered at sync) and takes an
       exact SVD at compute. Pick it when D is far larger than the number of samples, or to inspect rows.
-      On GPUs with slow float64 the SVD of a tall matrix is much slower than the Gram route.
+
+    On a GPU every :meth:`update` reads one boolean back from the device (the finiteness check that lets a bad
+    batch raise before it touches the state), so each update waits for its own upcast and sum.
 
     Args:
         mode: ``"gram"`` or ``"embeddings"``, see above.

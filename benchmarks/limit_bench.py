@@ -121,14 +121,14 @@ def _loop(fn: Callable[[Tensor], None], pool: Sequence[Tensor], steps: int) -> C
 
 
 def update_rates(
-    ds: Sequence[int], batch: int, target_flop: float, blocks: Sequence[int], repeats: int = 5
+    ds: Sequence[int], batch: int, target_flop: float, blocks: Sequence[int], repeats: int = 5, max_steps: int = 64
 ) -> list[UpdateRate]:
     """The metric's update rate at each D (float32 batches in), its product alone, the full float64 addmm_ and
     the triangular kernel with the block sizes ``blocks`` (those >= D skipped); best of ``repeats``, taking
     turns."""
     results = []
     for d in ds:
-        steps = max(2, min(64, round(target_flop / (2 * batch * d * d))))
+        steps = max(2, min(max_steps, round(target_flop / (2 * batch * d * d))))
         generator = torch.Generator().manual_seed(d)
         pool32 = [torch.randn(batch, d, generator=generator).to(common.DEVICE) for _ in range(min(steps, 8))]
         pool64 = [z.double() for z in pool32]

@@ -11,7 +11,7 @@ Sections (all measured side by side in one run, ratios from that run):
 4. the two callbacks' cost on a validation epoch of a conv encoder (a real ``Trainer.validate``);
 5. float32 accumulation: speed against float64 and error on the hard spectra;
 6. the paper's size (N=25600, D=8192): float32 ``svdvals`` against the Gram route, with the float64 SVD of the
-   same rows as the reference (``--full``, and by default on an accelerator).
+   same rows as the reference (``--full``, and by default on an accelerator; ``--quick`` runs a toy stand-in).
 
 ``--quick`` is a smoke check at toy sizes (< 30 s, numbers meaningless); the default set takes several minutes;
 ``--full`` adds the largest cell (N=102400, D=4096) and section 6. The default run writes docs/benchmarks.md.
@@ -91,6 +91,7 @@ class Preset:
     paper: tuple[int, int] | None = None
     few_rows: Sequence[tuple[int, int]] = ()
     limit_repeats: int = 10
+    limit_max_steps: int = 64
     precision_steps: int = 8
     precision_repeats: int = 3
     repeat_budget_s: float = 4.0
@@ -147,8 +148,9 @@ PRESETS["full"] = Preset(**{**PRESETS["default"].__dict__, "name": "full", "skip
 
 def for_accelerator(preset: Preset) -> Preset:
     """The preset as run on a GPU: every grid cell (the CPU's reasons to skip do not hold), no CPU contention
-    probe, enough work per timing that kernel launches and synchronisation do not dominate, the
-    float32-accumulation speed up to D=8192, and the paper's size; --quick stays as it is."""
+    probe, more work per timing (about 1e12 FLOP, up to 1024 updates) and more repeats, so a measurement lasts
+    milliseconds rather than microseconds, the float32-accumulation speed up to D=8192, and the paper's size;
+    --quick stays as it is."""
     if preset.name == "quick":
         return preset
     changes = {
@@ -156,6 +158,7 @@ def for_accelerator(preset: Preset) -> Preset:
         "contention": None,
         "paper": PAPER_SIZE,
         "limit_flop": 1e12,
+        "limit_max_steps": 1024,
         "precision_speed_d": (1024, 2048, 4096, 8192),
         "precision_steps": 64,
         "precision_repeats": 10,
@@ -211,9 +214,14 @@ class Report:
             "Reproduce: `make bench` (= `.venv/bin/python benchmarks/run.py`, the default set, writes"
             " docs/benchmarks.md); `--quick` is a smoke check at toy sizes (< 30 s); `--full` adds the N=102400,"
             " D=4096 cell and the paper's size; `--device cuda` runs it all on a GPU (writes"
-            " docs/benchmarks-cuda.md); `--only " + " ".join(SECTIONS) + "` runs some sections; `--quick` and"
-            " `--only` runs print only, unless `--markdown PATH`."
-            " Timings on a shared 2-core VM move with the neighbours' load: compare ratios within one run.",
+            " docs/benchmarks-cuda.md); `--only "
+            + " ".join(SECTIONS)
+            + "` runs some sections; `--quick` and `--only` runs print only, unless `--markdown PATH`."
+            + (
+                " Timings on a shared 2-core VM move with the neighbours' load: compare ratios within one run."
+                if not self.machine.accelerator
+                else " Compare ratios within one run."
+            ),
         ]
         if self.machine.accelerator:
             out += [
@@ -272,7 +280,14 @@ def section_limits(report: Report, preset: Preset) -> dict[int, float]:
     table.notes.append(f"limit used below: the best of these, {peak:.1f} GFLOP/s")
     report.add(table)
 
-    updates = update_rates(preset.limit_d, batch, preset.limit_flop, preset.tril_blocks, repeats=preset.limit_repeats)
+    updates = update_rates(
+        preset.limit_d,
+        batch,
+        preset.limit_flop,
+        preset.tril_blocks,
+        repeats=preset.limit_repeats,
+        max_steps=preset.limit_max_steps,
+    )
     table = Table(
         f"Update path throughput (batches of n={batch} float32 rows; best of {preset.limit_repeats}, taking turns)",
         [
@@ -587,7 +602,9 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
     report.add(ratios)
 
     mem = Table(
-        "Issue 5: memory (state held, peak heap growth during the epoch) and bytes sent per sync",
+        "Issue 5: memory (state held, peak "
+        + ("device memory" if on_accelerator() else "heap growth")
+        + " during the epoch) and bytes sent per sync",
         [
             "N",
             "D",
@@ -717,8 +734,8 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
 
 
 def section_few_rows(report: Report, preset: Preset) -> None:
-    """Cells below the grid, N < D: the one regime where the Gram route's D x D eigvalsh costs more than an SVD of
-    the few rows (and the value is capped by N; the metric warns)."""
+    """Cells below the grid, N < D, where the Gram route's D x D eigvalsh can cost more than an SVD of the few rows
+    (and the value is capped by N; the metric warns)."""
     import warnings
 
     from metric_bench import run_cell
@@ -731,6 +748,8 @@ def section_few_rows(report: Report, preset: Preset) -> None:
         ["N", "D", *[ROUTE_LABELS[r] for r in ROUTES], "whole gram/usual", "whole emb/usual"],
     )
     worst: list[str] = []
+    gram_loses: list[str] = []
+    gram_wins: list[str] = []
     for n, d in preset.few_rows:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RankMeWarning)  # "N < D: the value is capped by N", expected here
@@ -744,18 +763,23 @@ def section_few_rows(report: Report, preset: Preset) -> None:
         worst.append(
             f"{n}x{d}: gram {res['gram'].whole_s / usual:.2f}x, embeddings {res['embeddings'].whole_s / usual:.2f}x"
         )
+        (gram_loses if res["gram"].whole_s > res["embeddings"].whole_s else gram_wins).append(f"{n}x{d}")
     table.notes.append(
         "outside the issue's grid (N >= 4096 there); one run each. The gram route's epoch end is one eigvalsh of"
-        " D x D whatever N is, while an SVD of N x D rows costs about N^2 D: with few rows the rows are cheaper"
+        " D x D whatever N is, while an SVD of N x D rows costs about N^2 D: the fewer the rows, the cheaper the"
+        " SVD"
     )
     report.add(table)
     report.findings.append(
-        "Fewer rows than features (whole cost against the usual approach): "
+        "Fewer rows than features (whole cost against the usual approach, one run each): "
         + "; ".join(worst)
-        + ". Here the D x D eigvalsh of the gram route costs more than an SVD of the rows, so an automatic switch"
-        " (keep the rows while N < D, fold them into the Gram matrix after) would pay in this regime only. It is not"
-        " built: with N < D the value is capped by N and the metric warns that runs are not comparable, the paper"
-        " uses N = 25600 >= D, and mode='embeddings' is there for this case."
+        + ". Gram mode cost more than embeddings mode at "
+        + (", ".join(gram_loses) or "none of these cells")
+        + " and less at "
+        + (", ".join(gram_wins) or "none")
+        + ". An automatic switch (keep the rows while they are few, fold them into the Gram matrix after) would pay"
+        " only where gram mode loses. It is not built: with N < D the value is capped by N and the metric warns that"
+        " runs are not comparable, the paper uses N = 25600 >= D, and mode='embeddings' can be chosen for that case."
     )
 
 
@@ -1049,7 +1073,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--markdown",
         type=Path,
         default=None,
-        help=f"write the results here (default: {DEFAULT_MARKDOWN.relative_to(ROOT)} unless --quick or --only)",
+        help="write the results here (default: docs/benchmarks.md, or docs/benchmarks-cuda.md with --device cuda;"
+        " none with --quick or --only)",
     )
     parser.add_argument("--no-markdown", action="store_true", help="print only")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")

@@ -143,6 +143,38 @@ def _bench(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
+def test_only_runs_leave_the_record_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process, at toy sizes: a complete run writes the record, an --only run does not."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the sections import their modules lazily
+    run = _run_module()
+    record = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(run, "DEFAULT_MARKDOWN", record)
+    monkeypatch.setitem(run.PRESETS, "default", run.PRESETS["quick"])
+    threads = torch.get_num_threads()
+    try:
+        assert run.main(["--only", "limits"]) == 0
+        assert not record.exists()
+        assert run.main([]) == 0  # the same patched path is written by a complete run
+        assert record.read_text().startswith("# RankMe benchmarks")
+        record.unlink()
+        assert run.main(["--only", "precision", "--markdown", str(tmp_path / "part.md")]) == 0
+        assert not record.exists()
+        assert "Float32 vs float64 accumulation" in (tmp_path / "part.md").read_text()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_cuda_index_past_the_last_device_is_refused() -> None:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    proc = _bench("--quick", "--device", f"cuda:{count}")
+    assert proc.returncode != 0
+    expected = (
+        f"this machine has {count} CUDA device(s)" if count else "torch.cuda.is_available() is False on this machine"
+    )
+    assert f"--device cuda:{count}: {expected}" in proc.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_device_cuda_without_a_gpu_says_so() -> None:
     proc = _bench("--quick", "--device", "cuda")
@@ -170,3 +202,20 @@ def test_quick_on_cuda(tmp_path: Path) -> None:
     assert "tf32 speed-up over the metric" in proc.stdout
     assert "on cuda" in proc.stdout
     assert "evaluated here for comparison only" in markdown.read_text()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_benchmark_routes_really_run_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import common
+    from metric_bench import make_pool, run_route
+
+    common.set_device("cuda")
+    try:
+        pool = make_pool(256, 512, 2)
+        assert all(z.is_cuda for z in pool)
+        for route in ("gram", "embeddings", "usual"):
+            result = run_route(route, pool, 1024)
+            assert result.peak_bytes > 0, route  # device memory was allocated: the route ran on the GPU
+    finally:
+        common.set_device("cpu")

@@ -442,8 +442,10 @@ def test_on_cuda_matches_the_reference_and_keeps_float64_states(
         if name != "num_rows":
             assert all(t.dtype == torch.float64 for t in tensors), name
     assert value_of(metric) == pytest.approx(reference_rankme(z, center=center), rel=1e-6)
+    before = state_snapshot(metric)
     with pytest.raises(ValueError, match="nothing from this batch was added"):
         metric.update(torch.full((2, z.shape[1]), math.nan, device="cuda"))
+    assert_same_state(before, state_snapshot(metric))
 
 
 @pytest.mark.parametrize("bad_batch", ["nan", "other-d", "all-dropped"])

@@ -89,8 +89,9 @@ class RankMe(Metric):
     - ``"embeddings"``: keeps every row (N x D float64 in memory, all rows gathered at sync) and takes an
       exact SVD at compute. Pick it when D is far larger than the number of samples, or to inspect rows.
 
-    On a GPU every :meth:`update` reads one boolean back from the device (the finiteness check that lets a bad
-    batch raise before it touches the state), so each update waits for its own upcast and sum.
+    On a GPU every :meth:`update` reads values back from the device: one boolean (the finiteness check that lets
+    a bad batch raise before it touches the state), and the row count with ``center=True`` or ``max_samples``.
+    Each read waits for the work queued before it.
 
     Args:
         mode: ``"gram"`` or ``"embeddings"``, see above.

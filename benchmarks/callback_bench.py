@@ -91,10 +91,6 @@ class CallbackResult:
     values: dict[str, float] = field(default_factory=dict)
 
     @property
-    def ratio(self) -> float:
-        return statistics.median(self.with_s) / statistics.median(self.without_s)
-
-    @property
     def paired_ratio(self) -> float:
         """The median over rounds of (with / without) in the same round: a slow drift of the machine's speed
         cancels within a round."""
@@ -140,6 +136,26 @@ def _validate(model: LightningModule, loader: DataLoader, callbacks: list[RankMe
     return time.perf_counter() - start
 
 
+def _encoder_and_data(
+    images: int, batch_size: int, blocks: Sequence[int], widths: Sequence[int], projector_dim: int
+) -> tuple[ConvEncoder, DataLoader, DataLoader]:
+    """The encoder in eval mode, a loader of ``images`` synthetic 32x32x3 images, and a two-batch warm-up loader."""
+    _quiet_lightning()
+    model = ConvEncoder(blocks, widths, projector_dim).eval()
+    data = torch.randn(images, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(data), batch_size=batch_size)
+    warmup_loader = DataLoader(TensorDataset(data[: 2 * batch_size]), batch_size=batch_size)
+    return model, loader, warmup_loader
+
+
+def _two_callbacks() -> list[RankMeCallback]:
+    """The measured pair: RankMe of the 512-d backbone and of the projector."""
+    return [
+        RankMeCallback(module="backbone", name="rankme_backbone", prog_bar=False),
+        RankMeCallback(module="projector", name="rankme_projector", prog_bar=False),
+    ]
+
+
 def callback_cost(
     images: int = 4096,
     batch_size: int = 256,
@@ -151,12 +167,7 @@ def callback_cost(
 ) -> CallbackResult:
     """Wall time of ``Trainer.validate`` without and with the two callbacks, taking turns in one process, ``pairs``
     rounds (the order rotating)."""
-    _quiet_lightning()
-    model = ConvEncoder(blocks, widths, projector_dim).eval()
-    generator = torch.Generator().manual_seed(0)
-    data = torch.randn(images, 3, 32, 32, generator=generator)
-    loader = DataLoader(TensorDataset(data), batch_size=batch_size)
-    warmup_loader = DataLoader(TensorDataset(data[: 2 * batch_size]), batch_size=batch_size)
+    model, loader, warmup_loader = _encoder_and_data(images, batch_size, blocks, widths, projector_dim)
     blocks_label = "-".join(map(str, blocks))
     encoder = (
         f"ResNet (blocks {blocks_label}, widths {'-'.join(map(str, widths))}) -> {widths[-1]}-d,"
@@ -168,28 +179,20 @@ def callback_cost(
         # warm-up on two batches, with callbacks: oneDNN kernels, thread pool, lightning, eigvalsh paths
         _validate(model, warmup_loader, [RankMeCallback(module="backbone", prog_bar=False)])
         for pair in range(pairs):
-            variants: dict[str, list[RankMeCallback]] = {"without": []}
-            buckets: dict[str, tuple[list[float], list[float]]] = {}
-            for variant in ("with",):
-                callbacks = [
-                    RankMeCallback(module="backbone", name="rankme_backbone", prog_bar=False),
-                    RankMeCallback(module="projector", name="rankme_projector", prog_bar=False),
-                ]
-                updates: list[float] = []
-                epoch_end: list[float] = []
-                for callback in callbacks:
-                    callback.metric.update = _timer(callback.metric.update, updates)
-                    callback.metric.summary = _timer(callback.metric.summary, epoch_end)
-                variants[variant] = callbacks
-                buckets[variant] = (updates, epoch_end)
-            order = list(variants)
-            shift = pair % len(order)  # rotate the order from pair to pair
-            for variant in order[shift:] + order[:shift]:
+            callbacks = _two_callbacks()
+            updates: list[float] = []
+            epoch_end: list[float] = []
+            for callback in callbacks:
+                callback.metric.update = _timer(callback.metric.update, updates)
+                callback.metric.summary = _timer(callback.metric.summary, epoch_end)
+            variants = {"without": [], "with": callbacks}
+            order = ["without", "with"] if pair % 2 == 0 else ["with", "without"]  # rotate from pair to pair
+            for variant in order:
                 seconds = _validate(model, loader, variants[variant])
                 {"without": result.without_s, "with": result.with_s}[variant].append(seconds)
-            result.update_s.append(sum(buckets["with"][0]))
-            result.epoch_end_s.append(sum(buckets["with"][1]))
-            result.values = {cb.name: cb.history[-1]["value"] for cb in variants["with"] if cb.history}
+            result.update_s.append(sum(updates))
+            result.epoch_end_s.append(sum(epoch_end))
+            result.values = {cb.name: cb.history[-1]["value"] for cb in callbacks if cb.history}
             log(
                 f"  validate pair {pair + 1}: without {result.without_s[-1]:.2f}s, with {result.with_s[-1]:.2f}s"
                 f" (updates {result.update_s[-1]:.2f}s, epoch end {result.epoch_end_s[-1]:.2f}s)"
@@ -206,21 +209,9 @@ def profile_validate(
 ) -> str:
     """torch.profiler table (top ops by self CPU time; by device time on CUDA) of one ``Trainer.validate`` with the
     two callbacks."""
-    from torch.profiler import ProfilerActivity, profile
-
-    _quiet_lightning()
-    model = ConvEncoder(blocks, widths, projector_dim).eval()
-    data = torch.randn(images, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    loader = DataLoader(TensorDataset(data), batch_size=batch_size)
+    model, loader, warmup_loader = _encoder_and_data(images, batch_size, blocks, widths, projector_dim)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _validate(model, DataLoader(TensorDataset(data[: 2 * batch_size]), batch_size=batch_size), [])
-        callbacks = [
-            RankMeCallback(module="backbone", name="rankme_backbone", prog_bar=False),
-            RankMeCallback(module="projector", name="rankme_projector", prog_bar=False),
-        ]
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if common.on_accelerator() else [])
-        with profile(activities=activities) as prof:
-            _validate(model, loader, callbacks)
-    sort_by = "self_device_time_total" if common.on_accelerator() else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=sort_by, row_limit=15, max_name_column_width=40)
+        _validate(model, warmup_loader, [])
+        callbacks = _two_callbacks()
+        return common.profile_table(lambda: _validate(model, loader, callbacks), row_limit=15)

@@ -400,3 +400,15 @@ def num_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def profile_table(fn: Callable[[], object], row_limit: int) -> str:
+    """torch.profiler table of ``fn()``: top ops by self CPU time, by self device time on an accelerator."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_accelerator() else [])
+    with profile(activities=activities) as prof:
+        fn()
+        synchronize()
+    sort_by = "self_device_time_total" if on_accelerator() else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit, max_name_column_width=40)

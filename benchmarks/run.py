@@ -56,6 +56,7 @@ from common import (  # noqa: E402
     load_average,
     memory_bandwidth_gbs,
     on_accelerator,
+    profile_table,
     set_device,
 )
 
@@ -1004,18 +1005,6 @@ def section_paper(report: Report, preset: Preset) -> None:
     )
 
 
-def _profile_table(fn: Callable[[], object], row_limit: int) -> str:
-    """torch.profiler table of ``fn()``: top ops by self CPU time, by self device time on an accelerator."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_accelerator() else [])
-    with profile(activities=activities) as prof:
-        fn()
-        common.synchronize()
-    sort_by = "self_device_time_total" if on_accelerator() else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit, max_name_column_width=40)
-
-
 def profile_gram_epoch(n: int, d: int) -> str:
     """torch.profiler of one gram epoch (updates + compute): where the time goes."""
     from metric_bench import make_pool
@@ -1030,7 +1019,7 @@ def profile_gram_epoch(n: int, d: int) -> str:
             metric.update(pool[step % len(pool)])
         metric.compute()
 
-    return _profile_table(epoch, row_limit=12)
+    return profile_table(epoch, row_limit=12)
 
 
 def profile_usual(n: int, d: int) -> str:
@@ -1038,7 +1027,7 @@ def profile_usual(n: int, d: int) -> str:
 
     pool = make_pool(d, 512, 8)
     stored = [pool[step % len(pool)] for step in range(n // 512)]
-    return _profile_table(lambda: usual_rankme(stored), row_limit=8)
+    return profile_table(lambda: usual_rankme(stored), row_limit=8)
 
 
 def profile_callback(preset: Preset) -> str:

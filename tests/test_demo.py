@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 
-from rankme.demo import DigitsDataModule, VICReg, WarmupEarlyStopping, WarmupModelCheckpoint, main, spearman
+from rankme import WarmupEarlyStopping, WarmupModelCheckpoint
+from rankme.demo import DigitsDataModule, VICReg, main, spearman
 from rankme.demo_cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]

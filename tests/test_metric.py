@@ -411,9 +411,9 @@ def test_dtype_casts_keep_float64_states_and_the_exact_value(mode: str, cast: st
     metric = accumulate(RankMe(mode=mode), z[:30])
     metric = metric.to(dtype) if cast == "to" else metric.set_dtype(dtype)
     accumulate(metric, z[30:])
-    assert metric.num_rows.dtype == torch.int64
+    assert metric.num_rows.dtype == metric.non_finite_batches.dtype == torch.int64
     for name, tensors in state_snapshot(metric).items():
-        if name != "num_rows":
+        if name not in ("num_rows", "non_finite_batches"):
             assert all(t.dtype == torch.float64 for t in tensors), name
     assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
 

@@ -9,22 +9,37 @@ embeddings: about 1 for a collapsed encoder, up to min(N, D) for one that uses e
 4.0
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from rankme.functional import RankMeWarning, rankme
+from rankme.functional import RankMeNoSamplesError, RankMeWarning, rankme
 from rankme.metric import RankMe, RankMeSummary
 
 if TYPE_CHECKING:
     from rankme.callback import RankMeCallback
+    from rankme.selection import WarmupEarlyStopping, WarmupModelCheckpoint
 
-__all__ = ["RankMe", "RankMeCallback", "RankMeSummary", "RankMeWarning", "rankme"]
+__all__ = [
+    "RankMe",
+    "RankMeCallback",
+    "RankMeNoSamplesError",
+    "RankMeSummary",
+    "RankMeWarning",
+    "WarmupEarlyStopping",
+    "WarmupModelCheckpoint",
+    "rankme",
+]
 __version__ = "0.1.0"
+
+# These import lightning (seconds): load them only when asked, so the metric and the CLI start fast.
+_LIGHTNING_NAMES = {
+    "RankMeCallback": "rankme.callback",
+    "WarmupEarlyStopping": "rankme.selection",
+    "WarmupModelCheckpoint": "rankme.selection",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The callback imports lightning (seconds); load it only when asked, so the metric and the CLI start fast.
-    if name == "RankMeCallback":
-        from rankme.callback import RankMeCallback
-
-        return RankMeCallback
+    if name in _LIGHTNING_NAMES:
+        return getattr(importlib.import_module(_LIGHTNING_NAMES[name]), name)
     raise AttributeError(f"module 'rankme' has no attribute {name!r}")

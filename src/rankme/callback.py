@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from rankme.functional import DEFAULT_EPS
+from rankme.functional import DEFAULT_EPS, RankMeNoSamplesError
 from rankme.metric import Mode, RankMe, RankMeSummary
 
 _SPECTRUM_POINTS = 128  # points per plotted spectrum, log-spaced in k
@@ -116,7 +116,7 @@ class RankMeCallback(Callback):
                 f" {collapse_threshold!r}."
             )
         try:
-            self.metric = RankMe(mode=mode, eps=eps, center=center, max_samples=max_samples)
+            self.metric = RankMe(mode=mode, eps=eps, center=center, max_samples=max_samples, nan_strategy="propagate")
         except ValueError as err:
             raise MisconfigurationException(str(err)) from err
         self.module = module
@@ -134,7 +134,6 @@ class RankMeCallback(Callback):
         self._hook: RemovableHandle | None = None
         self._active = False
         self._in_monitored_batch = False
-        self._non_finite_batches = 0
 
     @property
     @override
@@ -194,7 +193,6 @@ class RankMeCallback(Callback):
         self.metric.reset()
         # on the model's device; MPS has no float64, so the metric stays on the CPU there
         self.metric.to(pl_module.device if pl_module.device.type != "mps" else "cpu")
-        self._non_finite_batches = 0
         if self.module is not None:
             self._remove_hook()
             self._hook = self._submodule(pl_module).register_forward_hook(self._capture_hook)
@@ -239,9 +237,6 @@ class RankMeCallback(Callback):
                     " `transform=` to map it, e.g. `lambda out: out[0]` for a tuple, `lambda x: x[:, 0]` for ViT"
                     " tokens or `lambda x: x.mean(dim=(2, 3))` for feature maps."
                 )
-            if not torch.isfinite(z).all():
-                self._non_finite_batches += 1
-                return
             try:
                 self.metric.update(z)
             except ValueError as err:
@@ -253,23 +248,21 @@ class RankMeCallback(Callback):
         if not self._active or trainer.sanity_checking:
             return
         self._active = False
-        non_finite = trainer.strategy.reduce(
-            torch.tensor(float(self._non_finite_batches), device=pl_module.device), reduce_op="sum"
-        )
-        if non_finite > 0:
-            rank_zero_warn(
-                f"RankMeCallback({self.name!r}): {int(non_finite)} validation batches held NaN or infinite embeddings"
-                f" at epoch {trainer.current_epoch}; logging {self.name}=nan so checkpointing treats it as the worst."
-            )
-            self._log(trainer, pl_module, math.nan, math.nan, math.nan)
-            return
         try:
             summary = self.metric.summary()
-        except ValueError as err:  # raised alike on every rank, from synchronised state
+        except RankMeNoSamplesError as err:  # raised alike on every rank, from synchronised state
             rank_zero_warn(f"RankMeCallback({self.name!r}) logs nothing at epoch {trainer.current_epoch}: {err}")
             return
         finally:
             self.metric.reset()
+        if summary.non_finite_batches:
+            rank_zero_warn(
+                f"RankMeCallback({self.name!r}): {summary.non_finite_batches} validation batches held NaN or infinite"
+                f" embeddings at epoch {trainer.current_epoch}; logging {self.name}=nan so checkpointing treats it as"
+                " the worst."
+            )
+            self._log(trainer, pl_module, math.nan, math.nan, math.nan)
+            return
         self._log(trainer, pl_module, float(summary.value), summary.normalized, float(summary.num_samples))
         if self.collapse_threshold is not None and summary.normalized < self.collapse_threshold:
             rank_zero_warn(

@@ -42,9 +42,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer, seed_everything
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from scipy import stats
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -52,6 +51,7 @@ from typing_extensions import override
 
 from rankme.callback import RankMeCallback
 from rankme.metric import RankMe
+from rankme.selection import WarmupEarlyStopping, WarmupModelCheckpoint
 
 __all__ = [
     "DigitsAugment",
@@ -59,8 +59,6 @@ __all__ = [
     "ProbeSplits",
     "RunResult",
     "VICReg",
-    "WarmupEarlyStopping",
-    "WarmupModelCheckpoint",
     "demo_callbacks",
     "fit_ssl",
     "linear_probe",
@@ -430,98 +428,6 @@ class VICReg(LightningModule):
 # --------------------------------------------------------------------------------------------------------------
 # Training and the probe
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _check_start_epoch(start_epoch: int | None) -> None:
-    if start_epoch is not None and (
-        isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0
-    ):
-        raise MisconfigurationException(
-            f"Expected argument `start_epoch` to be None or an int >= 0, but got {start_epoch!r}."
-        )
-
-
-def _resolve_start_epoch(start_epoch: int | None, pl_module: LightningModule) -> int:
-    """``start_epoch``, or the module's ``warmup_epochs`` hyperparameter when it is None (0 without one)."""
-    if start_epoch is not None:
-        return start_epoch
-    return int(pl_module.hparams.get("warmup_epochs", 0))
-
-
-class _IgnoresWarmup(Callback):
-    """Mixin for a monitoring callback: its epoch-end hooks do nothing before ``start_epoch``.
-
-    ``start_epoch`` None takes the LightningModule's ``warmup_epochs`` hyperparameter at setup.
-    """
-
-    start_epoch: int | None
-    _start: int
-
-    def _set_start_epoch(self, start_epoch: int | None) -> None:
-        _check_start_epoch(start_epoch)
-        self.start_epoch = start_epoch
-        self._start = start_epoch or 0
-
-    @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        self._start = _resolve_start_epoch(self.start_epoch, pl_module)
-
-    @override
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.current_epoch >= self._start:
-            super().on_train_epoch_end(trainer, pl_module)
-
-    @override
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.current_epoch >= self._start:
-            super().on_validation_end(trainer, pl_module)
-
-
-class WarmupModelCheckpoint(_IgnoresWarmup, ModelCheckpoint):
-    """A ``ModelCheckpoint`` that neither saves nor ranks checkpoints before ``start_epoch``.
-
-    A barely trained network has a high RankMe (random features are high-rank: the paper's caveat that a
-    high rank is necessary, not sufficient), so during the learning-rate warm-up the first epochs would win
-    ``monitor="rankme", mode="max"`` without being good representations. From ``start_epoch`` on it is the
-    stock callback; every other argument goes to :class:`~lightning.pytorch.callbacks.ModelCheckpoint`.
-
-    Args:
-        start_epoch: the first epoch that counts; None (default) takes the LightningModule's
-            ``warmup_epochs`` hyperparameter at setup (0 when it has none).
-        kwargs: :class:`~lightning.pytorch.callbacks.ModelCheckpoint`'s arguments.
-
-    Example:
-        >>> checkpoint = WarmupModelCheckpoint(start_epoch=10, monitor="rankme", mode="max", save_top_k=-1)
-        >>> checkpoint.start_epoch, checkpoint.monitor
-        (10, 'rankme')
-    """
-
-    def __init__(self, start_epoch: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._set_start_epoch(start_epoch)
-
-
-class WarmupEarlyStopping(_IgnoresWarmup, EarlyStopping):
-    """An ``EarlyStopping`` that ignores epochs before ``start_epoch`` (see :class:`WarmupModelCheckpoint`).
-
-    Without it, a high RankMe at epoch 0 would stay the best score and stop training ``patience`` epochs
-    later.
-
-    Args:
-        start_epoch: the first epoch that counts; None (default) takes the LightningModule's
-            ``warmup_epochs`` hyperparameter at setup (0 when it has none).
-        kwargs: :class:`~lightning.pytorch.callbacks.EarlyStopping`'s arguments.
-
-    Example:
-        >>> stopping = WarmupEarlyStopping(start_epoch=10, monitor="rankme", mode="max", patience=10)
-        >>> stopping.start_epoch, stopping.patience
-        (10, 10)
-    """
-
-    def __init__(self, start_epoch: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._set_start_epoch(start_epoch)
 
 
 class _SaveWarmupWeights(Callback):

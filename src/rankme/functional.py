@@ -16,12 +16,43 @@ DEFAULT_EPS = 1e-7
 
 
 class RankMeWarning(UserWarning):
-    """Warnings about RankMe values that are valid numbers but need care when read."""
+    """The category of every warning this package emits: ``warnings.filterwarnings("ignore", category=RankMeWarning)``.
+
+    Example:
+        >>> import warnings
+        >>> import torch
+        >>> from rankme import RankMeWarning, rankme
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("error", RankMeWarning)
+        ...     rankme(torch.zeros(4, 2))
+        Traceback (most recent call last):
+        ...
+        rankme.functional.RankMeWarning: All embeddings are zero (complete collapse): RankMe is 1.0 by convention.
+    """
+
+
+class RankMeNoSamplesError(ValueError):
+    """Raised when RankMe is asked for a value but no row of embeddings was accumulated on any process."""
 
 
 def _check_eps(eps: float) -> None:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0 or eps == float("inf"):
         raise ValueError(f"Expected argument `eps` to be a finite float >= 0 (the paper uses 1e-7), but got {eps!r}.")
+
+
+def _check_int(name: str, value: object, lowest: int, allow_none: bool = False, hint: str = "") -> None:
+    """Raise a ``ValueError`` unless ``value`` is an int >= ``lowest`` (bools refused), or None if allowed."""
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        expected = f"{'None or ' if allow_none else ''}an int >= {lowest}{hint}"
+        raise ValueError(f"Expected argument `{name}` to be {expected}, but got {value!r}.")
+
+
+def _check_bool(name: str, value: object) -> None:
+    """Raise a ``ValueError`` unless ``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise ValueError(f"Expected argument `{name}` to be a bool, but got {value!r}.")
 
 
 def _check_embeddings(z: Tensor, expected_features: int | None = None) -> None:

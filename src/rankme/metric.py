@@ -16,9 +16,12 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from rankme.functional import (
     DEFAULT_EPS,
+    RankMeNoSamplesError,
     RankMeWarning,
+    _check_bool,
     _check_embeddings,
     _check_eps,
+    _check_int,
     _effective_rank,
     _singular_values,
     _singular_values_from_gram,
@@ -27,9 +30,9 @@ from rankme.functional import (
 )
 
 Mode = Literal["gram", "embeddings"]
-NanStrategy = Literal["error", "ignore"]
+NanStrategy = Literal["error", "ignore", "propagate"]
 _MODES = ("gram", "embeddings")
-_NAN_STRATEGIES = ("error", "ignore")
+_NAN_STRATEGIES = ("error", "ignore", "propagate")
 
 
 _TRIANGLE_MIN_FEATURES = 256
@@ -63,6 +66,8 @@ class RankMeSummary(NamedTuple):
     """N, the rows accumulated over all ranks."""
     num_features: int
     """D, the features per row."""
+    non_finite_batches: int = 0
+    """Batches left out for holding NaN or infinity (``nan_strategy="propagate"``); ``value`` is NaN when > 0."""
 
     @property
     def normalized(self) -> float:
@@ -102,7 +107,10 @@ class RankMe(Metric):
             its first ``max_samples // W`` rows (one more on the first ``max_samples % W`` ranks), so the
             total is exactly ``max_samples`` when every rank sees its share, whatever the timing.
         nan_strategy: ``"error"`` raises on a batch with NaN or infinity and keeps the state as it was before
-            that batch; ``"ignore"`` drops the non-finite rows with a warning that counts them.
+            that batch; ``"ignore"`` drops the non-finite rows with a warning that counts them; ``"propagate"``
+            leaves such a batch out silently, counts it, and makes :meth:`compute` return NaN (with a warning) until
+            :meth:`reset`: the policy of :class:`rankme.RankMeCallback`, and the only one with no host read per
+            batch (in the default gram mode, uncentred, without ``max_samples``).
         metric_kwargs: passed to :class:`torchmetrics.Metric` (``process_group``, ``sync_on_compute``, ...).
 
     Raises:
@@ -129,6 +137,7 @@ class RankMe(Metric):
     gram: Tensor
     mean: Tensor
     num_rows: Tensor
+    non_finite_batches: Tensor
     embeddings: list[Tensor]
 
     def __init__(
@@ -144,19 +153,12 @@ class RankMe(Metric):
         if mode not in _MODES:
             raise ValueError(f"Expected argument `mode` to be one of {_MODES}, but got {mode!r}.")
         _check_eps(eps)
-        if max_samples is not None and (
-            isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
-        ):
-            raise ValueError(
-                f"Expected argument `max_samples` to be None or an int >= 1 (the paper uses 25600), but got"
-                f" {max_samples!r}."
-            )
+        _check_int("max_samples", max_samples, 1, allow_none=True, hint=" (the paper uses 25600)")
         if nan_strategy not in _NAN_STRATEGIES:
             raise ValueError(
                 f"Expected argument `nan_strategy` to be one of {_NAN_STRATEGIES}, but got {nan_strategy!r}."
             )
-        if not isinstance(center, bool):
-            raise ValueError(f"Expected argument `center` to be a bool, but got {center!r}.")
+        _check_bool("center", center)
         self.mode = mode
         self.eps = float(eps)
         self.center = center
@@ -165,6 +167,7 @@ class RankMe(Metric):
         self._warned_capped = False
 
         self.add_state("num_rows", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("non_finite_batches", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         if mode == "gram":
             # D is only known at the first update: the states start empty and are sized then. Only the lower
             # triangle of `gram` is kept (see _add_gram_). Uncentred, `gram` is the sum of z^T z; centred, it
@@ -213,6 +216,8 @@ class RankMe(Metric):
                 NaN or infinity under ``nan_strategy="error"``. The state is then left as it was.
         """
         _check_embeddings(z, self.num_features)
+        if self.nan_strategy == "propagate" and self._update_or_skip_on_device(z):
+            return
         # embeddings mode keeps the rows: copy, or a caller reusing its buffer would rewrite them
         z64 = z.detach().to(device=self.device, dtype=torch.float64, copy=self.mode == "embeddings")
         # One reduction first: NaN or infinity anywhere makes the sum non-finite, and the float64 sum of values
@@ -249,6 +254,28 @@ class RankMe(Metric):
             self._merge_centred(z64.shape[0], z64[0] + deviation_mean, scatter)
         self.num_rows += z64.shape[0]
 
+    def _update_or_skip_on_device(self, z: Tensor) -> bool:
+        """``nan_strategy="propagate"``: leave out a batch holding NaN or infinity, counting it on the device.
+
+        Returns True when the batch was handled here. In the default configuration (uncentred gram, no
+        ``max_samples``) nothing is read back to the host: a bad batch adds zero rows and zero to the Gram matrix,
+        and the count of bad batches stays a device tensor until :meth:`summary`. Other configurations need the
+        verdict on the host (they index rows or merge by count), so they read one boolean and return False for
+        a finite batch.
+        """
+        finite = torch.isfinite(z.detach().sum(dtype=torch.float64)).to(self.device)
+        if self.mode == "gram" and not self.center and self.max_samples is None:
+            self._size_states(z.shape[1])
+            z64 = z.detach().to(device=self.device, dtype=torch.float64).masked_fill(~finite, 0.0)
+            _add_gram_(self.gram, z64)
+            self.num_rows += finite * z.shape[0]
+            self.non_finite_batches += ~finite
+            return True
+        if bool(finite):
+            return False
+        self.non_finite_batches += 1
+        return True
+
     def forward(self, z: Tensor) -> Tensor:
         """Add ``z`` to the state, as :meth:`update` does, and return RankMe of this batch's finite rows alone.
 
@@ -280,8 +307,13 @@ class RankMe(Metric):
         """The summary of whatever state this process holds now (synchronised or not)."""
         num_samples = int(self.num_rows)
         num_features = self.num_features
+        non_finite_batches = int(self.non_finite_batches)
+        if non_finite_batches:
+            nan = torch.tensor(math.nan, dtype=torch.get_default_dtype(), device=self.device)
+            empty = torch.zeros(0, dtype=torch.float64, device=self.device)
+            return RankMeSummary(nan, empty, num_samples, num_features or 0, non_finite_batches)
         if num_samples == 0 or num_features is None:
-            raise ValueError(
+            raise RankMeNoSamplesError(
                 "RankMe has no samples to compute on: no rows reached `update` on any process (or all were dropped"
                 " as non-finite). Feed at least one batch of embeddings before `compute()`."
             )
@@ -301,9 +333,17 @@ class RankMe(Metric):
         A collective under ``torch.distributed``: call it on every rank.
 
         Raises:
-            ValueError: if no rows were accumulated on any rank.
+            RankMeNoSamplesError: if no rows were accumulated on any rank.
         """
-        return self._local_summary().value
+        summary = self._local_summary()
+        if summary.non_finite_batches:
+            warnings.warn(
+                f"RankMe is NaN: {summary.non_finite_batches} batches held NaN or infinity and were left out"
+                " (nan_strategy='propagate').",
+                RankMeWarning,
+                stacklevel=2,
+            )
+        return summary.value
 
     def summary(self) -> RankMeSummary:
         """The value, the spectrum (min(N, D) singular values, descending) and N and D, from one sync.

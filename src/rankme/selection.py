@@ -29,7 +29,9 @@ __all__ = ["RankMeCollapseGuard", "WarmupEarlyStopping", "WarmupModelCheckpoint"
 
 
 def _check_start_epoch(start_epoch: object, source: str = "argument `start_epoch`") -> None:
-    if start_epoch is not None and (isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0):
+    if start_epoch is not None and (
+        isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0
+    ):
         raise MisconfigurationException(f"Expected {source} to be None or an int >= 0, but got {start_epoch!r}.")
 
 
@@ -216,7 +218,8 @@ class RankMeCollapseGuard(_IgnoresWarmup):
             )
         if min_value is not None and not (_is_real(min_value) and min_value >= 1):
             raise MisconfigurationException(
-                f"Expected argument `min_value` to be None or a float >= 1 (RankMe is at least 1), but got {min_value!r}."
+                f"Expected argument `min_value` to be None or a float >= 1 (RankMe is at least 1), but got"
+                f" {min_value!r}."
             )
         if not isinstance(check_finite, bool):
             raise MisconfigurationException(f"Expected argument `check_finite` to be a bool, but got {check_finite!r}.")

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import subprocess
 import sys
 import warnings
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import yaml
 from callback_models import Encoder, loader
 from conftest import reference_rankme
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -412,3 +416,122 @@ def test_collapse_early_stopping_is_the_guard_on_this_callbacks_name() -> None:
     guard = RankMeCallback(module="backbone", name="rankme_backbone").collapse_early_stopping(start_epoch=3)
     assert isinstance(guard, RankMeCollapseGuard)
     assert (guard.monitor, guard.start_epoch, guard.fraction) == ("rankme_backbone", 3, 0.5)
+
+
+# ---- LightningCLI --------------------------------------------------------------------------------------------
+
+# A value other than the default for every argument of Lightning's callbacks; the trigger arguments of
+# ModelCheckpoint exclude each other, so each goes to its own instance.
+CHECKPOINT_ARGS: dict[str, Any] = {
+    "filename": "{epoch}",
+    "monitor": "rankme",
+    "verbose": True,
+    "save_last": "link",
+    "save_top_k": 3,
+    "save_on_exception": True,
+    "save_weights_only": True,
+    "mode": "max",
+    "auto_insert_metric_name": False,
+    "every_n_epochs": 2,
+    "save_on_train_epoch_end": False,
+    "enable_version_counter": False,
+}
+CHECKPOINT_TRIGGERS: dict[str, Any] = {"every_n_train_steps": 5, "train_time_interval": "0:10:00"}
+STOPPING_ARGS: dict[str, Any] = {
+    "monitor": "rankme",
+    "min_delta": 0.5,
+    "patience": 7,
+    "verbose": True,
+    "mode": "max",
+    "strict": False,
+    "check_finite": False,
+    "stopping_threshold": 100.0,
+    "divergence_threshold": 1.5,
+    "check_on_train_epoch_end": False,
+    "log_rank_zero_only": True,
+}
+
+
+def accepted(cls: type, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments this Lightning version's ``cls`` has; fails on one that this test gives no value."""
+    names = set(inspect.signature(cls.__init__).parameters) - {"self", "dirpath"}
+    missing = names - set(arguments) - set(CHECKPOINT_TRIGGERS)
+    assert not missing, f"give the test a value for {cls.__name__}'s new arguments {missing}"
+    return {name: value for name, value in arguments.items() if name in names}
+
+
+def stored(callback: Callback, name: str) -> Any:
+    value = getattr(callback, name) if hasattr(callback, name) else getattr(callback, f"_{name}")
+    return str(value) if isinstance(value, timedelta) else value
+
+
+def test_lightning_cli_accepts_every_argument(tmp_path: Path) -> None:
+    checkpoint_args = accepted(ModelCheckpoint, CHECKPOINT_ARGS)
+    stopping_args = accepted(EarlyStopping, STOPPING_ARGS)
+    callbacks: list[dict[str, Any]] = [
+        {"class_path": "rankme.WarmupModelCheckpoint", "init_args": {"start_epoch": 3, **checkpoint_args}},
+        *(
+            {"class_path": "rankme.WarmupModelCheckpoint", "init_args": {"monitor": "rankme", name: value}}
+            for name, value in CHECKPOINT_TRIGGERS.items()
+            if name in inspect.signature(ModelCheckpoint.__init__).parameters
+        ),
+        {"class_path": "rankme.WarmupEarlyStopping", "init_args": {"start_epoch": 4, **stopping_args}},
+        {
+            "class_path": "rankme.RankMeCollapseGuard",
+            "init_args": {"monitor": "rankme", "start_epoch": 2, "fraction": 0.25, "min_value": 1.2},
+        },
+    ]
+    config = {"model": {"ranks": list(RANKS)}, "trainer": {"logger": False, "callbacks": callbacks}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cli = LightningCLI(
+        ScriptedEncoder, run=False, save_config_callback=None, args=["--config", str(tmp_path / "config.yaml")]
+    )
+    built = {
+        type(cb).__name__: [c for c in cli.trainer.callbacks if type(c) is type(cb)] for cb in cli.trainer.callbacks
+    }
+    checkpoint, *triggered = built["WarmupModelCheckpoint"]
+    assert checkpoint.start_epoch == 3
+    for name, value in checkpoint_args.items():
+        assert stored(checkpoint, name) == value, name
+    for callback, (name, value) in zip(triggered, CHECKPOINT_TRIGGERS.items(), strict=False):
+        assert stored(callback, name) == value, name
+    stopping = built["WarmupEarlyStopping"][0]
+    assert stopping.start_epoch == 4
+    for name, value in stopping_args.items():
+        assert stored(stopping, name) == value, name
+    guard = built["RankMeCollapseGuard"][0]
+    assert (guard.start_epoch, guard.fraction, guard.min_value) == (2, 0.25, 1.2)
+
+
+def test_lightning_cli_fit_with_warmup_from_the_model(tmp_path: Path) -> None:
+    config = {
+        "model": {"ranks": list(RANKS), "warmup_epochs": 2},
+        "trainer": {
+            "max_epochs": len(RANKS),
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "default_root_dir": str(tmp_path),
+            "callbacks": [
+                {"class_path": "rankme.RankMeCallback", "init_args": {"module": "backbone"}},
+                {
+                    "class_path": "rankme.WarmupModelCheckpoint",
+                    "init_args": {"monitor": "rankme", "mode": "max", "filename": "{epoch}", "save_top_k": -1},
+                },
+                {"class_path": "rankme.WarmupEarlyStopping", "init_args": {"monitor": "rankme", "mode": "max"}},
+                {"class_path": "rankme.RankMeCollapseGuard"},
+            ],
+        },
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cli = LightningCLI(
+        ScriptedEncoder, save_config_callback=None, args=["fit", "--config", str(tmp_path / "config.yaml")]
+    )
+    values = ScriptedEncoder(RANKS).expected(len(RANKS))
+    checkpoint = next(cb for cb in cli.trainer.callbacks if isinstance(cb, WarmupModelCheckpoint))
+    stop = stop_epoch(values, 2, 3)  # EarlyStopping's default patience
+    assert stop is not None
+    assert saved_epoch(checkpoint.best_model_path) == best_epoch(values[: stop + 1], 2)
+    assert {saved_epoch(p) for p in Path(checkpoint.dirpath).iterdir()} == set(range(2, stop + 1))
+    assert cli.trainer.current_epoch == stop + 1  # the guard saw no collapse

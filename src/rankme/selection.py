@@ -244,7 +244,7 @@ class RankMeCollapseGuard(_IgnoresWarmup):
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.fast_dev_run:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or getattr(trainer, "fast_dev_run", False):
             return
         current = trainer.callback_metrics.get(self.monitor)
         if current is None:

@@ -251,13 +251,17 @@ def test_state_survives_resume(tmp_path: Path, interrupted_after: int) -> None:
 def test_start_epoch_none_is_the_module_warmup_epochs(tmp_path: Path) -> None:
     values = ScriptedEncoder(RANKS).expected(len(RANKS))
     checkpoint, stopping = warm_pair(tmp_path / "hparam", start=None)
-    fit(tmp_path, ScriptedEncoder(RANKS, warmup_epochs=2), [checkpoint, stopping], max_epochs=len(RANKS))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*warmup_epochs", category=RankMeWarning)
+        fit(tmp_path, ScriptedEncoder(RANKS, warmup_epochs=2), [checkpoint, stopping], max_epochs=len(RANKS))
     assert checkpoint.start_epoch is None
     assert stopping.stopped_epoch == stop_epoch(values, 2, 2)
     assert saved_epoch(checkpoint.best_model_path) == best_epoch(values[: stopping.stopped_epoch + 1], 2)
 
     checkpoint, stopping = warm_pair(tmp_path / "none", start=None)  # no warmup_epochs hparam: from epoch 0
-    fit(tmp_path, ScriptedEncoder(RANKS), [checkpoint, stopping], max_epochs=len(RANKS))
+    with pytest.warns(RankMeWarning, match="has no `warmup_epochs` hyperparameter, so every epoch counts") as record:
+        fit(tmp_path, ScriptedEncoder(RANKS), [checkpoint, stopping], max_epochs=len(RANKS))
+    assert sum("warmup_epochs" in str(w.message) for w in record) == 2  # once per callback
     assert stopping.stopped_epoch == stop_epoch(values, 0, 2)
     assert saved_epoch(checkpoint.best_model_path) == 0
 
@@ -338,7 +342,7 @@ def test_guard_stops_the_collapsing_encoder_and_says_where(tmp_path: Path) -> No
     expected = next(e for e in range(1, len(values)) if values[e] < 0.5 * max(values[:e]))
     assert guard.stopped_epoch == expected == len(values) - 1
     assert trainer.current_epoch < 29
-    message = str(next(w.message for w in record if "RankMeCollapseGuard" in str(w.message)))
+    message = str(next(w.message for w in record if "stopped training" in str(w.message)))
     assert f"epoch {expected}: rankme={values[expected]:.4g}" in message
     assert f"best {max(values[:expected]):.4g}" in message
 

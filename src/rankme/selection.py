@@ -64,6 +64,14 @@ class _IgnoresWarmup(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self._start = _resolve_start_epoch(self.start_epoch, pl_module)
+        if self.start_epoch is None and pl_module.hparams.get("warmup_epochs") is None and stage == "fit":
+            rank_zero_warn(
+                f"{type(self).__name__}(start_epoch=None): {type(pl_module).__name__} has no `warmup_epochs`"
+                " hyperparameter, so every epoch counts, from 0. RankMe often peaks at initialisation and falls in"
+                " the first epochs (the demo's VICReg: 31.1 at epoch 0, 15.2 at epoch 5); pass `start_epoch=` past"
+                " that fall.",
+                category=RankMeWarning,
+            )
 
 
 class WarmupModelCheckpoint(_IgnoresWarmup, ModelCheckpoint):
@@ -174,6 +182,12 @@ class RankMeCollapseGuard(_IgnoresWarmup):
     - the value is at most ``min_value`` (optional; RankMe is 1 when all the energy is in one direction),
     - or, at any epoch, warm-up included, the value is NaN or infinite (``check_finite``; the
       :class:`rankme.RankMeCallback` logs NaN for non-finite embeddings).
+
+    Why these defaults, measured: after its 10-epoch warm-up the demo's healthy VICReg (seed 0, 50 epochs)
+    never fell below 0.94 of its best so far, while the collapsing test encoder fell to 0.46 of its best in
+    one epoch (6.6 to 3.0). The warm-up matters: counted from epoch 0 the same VICReg fell from its
+    initialisation peak 31.1 to 15.2 (0.49) by epoch 5, which this rule would read as collapse; so a guard
+    whose ``start_epoch`` falls back to 0 says so once.
 
     When it stops it sets ``trainer.should_stop`` on every rank (the decision is reduced across ranks) and
     says why, with the epoch and the value, in a :class:`rankme.RankMeWarning` on rank zero; the reason

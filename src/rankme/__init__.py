@@ -17,11 +17,12 @@ from rankme.metric import RankMe, RankMeSummary
 
 if TYPE_CHECKING:
     from rankme.callback import RankMeCallback
-    from rankme.selection import WarmupEarlyStopping, WarmupModelCheckpoint
+    from rankme.selection import RankMeCollapseGuard, WarmupEarlyStopping, WarmupModelCheckpoint
 
 __all__ = [
     "RankMe",
     "RankMeCallback",
+    "RankMeCollapseGuard",
     "RankMeNoSamplesError",
     "RankMeSummary",
     "RankMeWarning",
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 # These import lightning (seconds): load them only when asked, so the metric and the CLI start fast.
 _LIGHTNING_NAMES = {
     "RankMeCallback": "rankme.callback",
+    "RankMeCollapseGuard": "rankme.selection",
     "WarmupEarlyStopping": "rankme.selection",
     "WarmupModelCheckpoint": "rankme.selection",
 }

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import difflib
 import math
-import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -18,8 +17,11 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from rankme.functional import DEFAULT_EPS, RankMeNoSamplesError
+from rankme.functional import DEFAULT_EPS, RankMeNoSamplesError, RankMeWarning
 from rankme.metric import Mode, RankMe, RankMeSummary
+
+if TYPE_CHECKING:
+    from rankme.selection import RankMeCollapseGuard
 
 _SPECTRUM_POINTS = 128  # points per plotted spectrum, log-spaced in k
 _SPECTRUM_CURVES = 8  # epochs drawn in one plot: the first, the latest and evenly spaced ones between
@@ -62,8 +64,9 @@ class RankMeCallback(Callback):
         transform: maps a captured output (tuple, tokens, feature map) to a (batch, D) tensor.
         log_spectrum: log the spectrum plot when a ``WandbLogger`` is attached.
         prog_bar: show the value in the progress bar.
-        collapse_threshold: warn when ``name + "_normalized"`` falls below it; to also stop, add
-            :meth:`collapse_early_stopping` to the trainer's callbacks.
+        collapse_threshold: warn (only) when ``name + "_normalized"`` falls below it. To stop a collapsing
+            run add :meth:`collapse_early_stopping` (a :class:`rankme.RankMeCollapseGuard`), which judges a fall
+            from the run's own best rather than a fixed level.
 
     Raises:
         MisconfigurationException: if neither or both of ``module`` and ``output_key`` are given, or
@@ -110,7 +113,11 @@ class RankMeCallback(Callback):
                 )
         if transform is not None and not callable(transform):
             raise MisconfigurationException(f"Expected argument `transform` to be callable, but got {transform!r}.")
-        if collapse_threshold is not None and not 0 < collapse_threshold <= 1:
+        if collapse_threshold is not None and (
+            isinstance(collapse_threshold, bool)
+            or not isinstance(collapse_threshold, (int, float))
+            or not 0 < collapse_threshold <= 1
+        ):
             raise MisconfigurationException(
                 f"Expected argument `collapse_threshold` to be in (0, 1] (it bounds RankMe / min(N, D)), but got"
                 f" {collapse_threshold!r}."
@@ -140,28 +147,24 @@ class RankMeCallback(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(name=self.name, module=self.module, output_key=self.output_key)
 
-    def collapse_early_stopping(self, threshold: float | None = None) -> EarlyStopping:
-        """A Lightning ``EarlyStopping`` that stops when ``name + "_normalized"`` falls below ``threshold``.
+    def collapse_early_stopping(
+        self, start_epoch: int | None = None, fraction: float | None = 0.5, min_value: float | None = None
+    ) -> RankMeCollapseGuard:
+        """A :class:`rankme.RankMeCollapseGuard` on this callback's ``name``: it stops a run whose RankMe falls.
 
-        It also stops on a NaN value (non-finite embeddings). ``threshold`` defaults to ``collapse_threshold``.
+        It stops when the value falls below ``fraction`` x its best since ``start_epoch`` (None: the module's
+        ``warmup_epochs``), or to ``min_value``, or is NaN; a run that starts low and rises is never stopped.
+        ``collapse_threshold`` only warns.
 
         Example:
             >>> from rankme import RankMeCallback
-            >>> guard = RankMeCallback(module="backbone", collapse_threshold=0.05)
-            >>> guard.collapse_early_stopping().divergence_threshold
-            0.05
+            >>> guard = RankMeCallback(module="backbone").collapse_early_stopping(start_epoch=5)
+            >>> guard.monitor, guard.fraction
+            ('rankme', 0.5)
         """
-        threshold = self.collapse_threshold if threshold is None else threshold
-        if threshold is None:
-            raise MisconfigurationException("Pass `threshold=` or set `collapse_threshold` on the RankMeCallback.")
-        return EarlyStopping(
-            monitor=f"{self.name}_normalized",
-            mode="max",
-            divergence_threshold=threshold,
-            patience=sys.maxsize,
-            check_finite=True,
-            strict=False,
-        )
+        from rankme.selection import RankMeCollapseGuard
+
+        return RankMeCollapseGuard(self.name, start_epoch=start_epoch, fraction=fraction, min_value=min_value)
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -267,8 +270,10 @@ class RankMeCallback(Callback):
         if self.collapse_threshold is not None and summary.normalized < self.collapse_threshold:
             rank_zero_warn(
                 f"RankMeCallback({self.name!r}): RankMe / min(N, D) = {summary.normalized:.4f} is below"
-                f" collapse_threshold={self.collapse_threshold} at epoch {trainer.current_epoch}: the"
-                " representations may be collapsing."
+                f" collapse_threshold={self.collapse_threshold} at epoch {trainer.current_epoch}. A low value is not"
+                " collapse on its own (post-ReLU features can start near 0.03 and rise); a fall is: add"
+                " `collapse_early_stopping()` to stop on one.",
+                category=RankMeWarning,
             )
         if self.log_spectrum:
             self._log_spectrum(trainer, summary)

@@ -1,29 +1,33 @@
-"""LightningCLI entry for the demo model: ``python -m rankme.demo_cli fit --config configs/demo.yaml``.
+"""LightningCLI entry for the example models: ``python examples/cli.py fit --config configs/demo.yaml``.
 
-The model is :class:`rankme.demo.VICReg`, the data :class:`rankme.demo.DigitsDataModule`; the YAML adds the
-RankMe callbacks, checkpointing and early stopping on ``rankme``, and an offline W&B logger. Any setting can
+The model is any :class:`digits.DigitsSSL` subclass named by ``model.class_path`` (``vicreg.VICReg``, the
+default), the data :class:`digits.DigitsDataModule`; the YAML adds the RankMe callbacks,
+the library's warm-up checkpointing and early stopping on ``rankme``, and an offline W&B logger. Any setting can
 be overridden on the command line (``--trainer.max_epochs 5``, ``--model.std_coeff 10``), which is how
 ``configs/sweep.yaml`` drives a W&B sweep.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `class_path: vicreg.VICReg` from any working folder
 
 import torch
+from digits import DigitsDataModule, DigitsSSL
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
-from rankme.demo import DigitsDataModule, VICReg
-
-__all__ = ["DemoCLI", "main"]
+__all__ = ["ExamplesCLI", "main"]
 
 
-class DemoCLI(LightningCLI):
-    """LightningCLI for the demo, with a top-level ``threads`` setting (torch CPU threads, default 1).
+class ExamplesCLI(LightningCLI):
+    """LightningCLI for the examples, with a top-level ``threads`` setting (torch CPU threads, default 1).
 
-    One thread is the fastest for the demo's tiny convolutions on a small CPU: on a busy 2-core machine two
+    One thread is the fastest for these tiny convolutions on a small CPU: on a busy 2-core machine two
     threads made each step several times slower.
     """
 
@@ -37,20 +41,21 @@ class DemoCLI(LightningCLI):
         torch.set_num_threads(max(int(config["threads"]), 1))
 
 
-def main(args: Sequence[str] | None = None, run: bool = True) -> DemoCLI:
+def main(args: Sequence[str] | None = None, run: bool = True) -> ExamplesCLI:
     """Build (and with ``run=True`` run) the CLI; ``args`` defaults to ``sys.argv[1:]``.
 
     Example:
-        >>> cli = main(["--model.std_coeff", "10", "--trainer.logger", "false"], run=False)
-        >>> cli.model.hparams["std_coeff"], type(cli.datamodule).__name__
-        (10.0, 'DigitsDataModule')
+        >>> cli = main(["--model=vicreg.VICReg", "--model.std_coeff=10", "--trainer.logger=false"], run=False)
+        >>> type(cli.model).__name__, cli.model.hparams["std_coeff"], type(cli.datamodule).__name__
+        ('VICReg', 10.0, 'DigitsDataModule')
     """
     with warnings.catch_warnings():
         # `args` is the in-Python way in; Lightning would warn that the host process has its own sys.argv.
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-        return DemoCLI(
-            VICReg,
+        return ExamplesCLI(
+            DigitsSSL,
             DigitsDataModule,
+            subclass_mode_model=True,
             args=list(args) if args is not None else None,
             run=run,
             seed_everything_default=0,

@@ -1,7 +1,7 @@
 """LightningCLI entry for the example models: ``python examples/cli.py fit --config configs/demo.yaml``.
 
 The model is any :class:`digits.DigitsSSL` subclass named by ``model.class_path`` (``vicreg.VICReg``, the
-default), the data :class:`digits.DigitsDataModule`; the YAML adds the RankMe callbacks,
+default, or ``simclr.SimCLR``), the data :class:`digits.DigitsDataModule`; the YAML adds the RankMe callbacks,
 the library's warm-up checkpointing and early stopping on ``rankme``, and an offline W&B logger. Any setting can
 be overridden on the command line (``--trainer.max_epochs 5``, ``--model.std_coeff 10``), which is how
 ``configs/sweep.yaml`` drives a W&B sweep.
@@ -48,6 +48,9 @@ def main(args: Sequence[str] | None = None, run: bool = True) -> ExamplesCLI:
         >>> cli = main(["--model=vicreg.VICReg", "--model.std_coeff=10", "--trainer.logger=false"], run=False)
         >>> type(cli.model).__name__, cli.model.hparams["std_coeff"], type(cli.datamodule).__name__
         ('VICReg', 10.0, 'DigitsDataModule')
+        >>> cli = main(["--model=simclr.SimCLR", "--model.temperature=0.5", "--trainer.logger=false"], run=False)
+        >>> type(cli.model).__name__, cli.model.hparams["temperature"]
+        ('SimCLR', 0.5)
     """
     with warnings.catch_warnings():
         # `args` is the in-Python way in; Lightning would warn that the host process has its own sys.argv.

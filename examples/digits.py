@@ -3,8 +3,9 @@
 scikit-learn's ``load_digits`` images (8 x 8 grey digits that ship inside scikit-learn, so nothing is downloaded)
 are split three ways (:class:`DigitsDataModule`); :class:`DigitsAugment` draws random views of whole batches in
 torch; :class:`DigitsSSL` is a LightningModule with a small conv ``backbone`` and an MLP ``projector`` whose
-subclasses (one per SSL method, e.g. ``vicreg.VICReg``) only supply the loss of two views; :func:`linear_probe` scores
-frozen backbone features with labels after training, and :func:`spearman` compares a label-free signal with it.
+subclasses (one per SSL method: ``vicreg.VICReg``, ``simclr.SimCLR``) only supply the loss of two views;
+:func:`linear_probe` scores frozen backbone features with labels after training, and :func:`spearman` compares a
+label-free signal with it.
 """
 
 from __future__ import annotations

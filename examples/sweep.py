@@ -4,15 +4,15 @@
     python examples/sweep.py --help
 
 Each configuration of VICReg's loss weights (invariance / variance / covariance) is trained briefly on scikit-learn's
-digits without labels, with the demo's callbacks (rankme_projector too). Its score is the RankMe of its RankMe-selected
-checkpoint (the arg-max after the warm-up), and configurations are ranked by that score. After each configuration's
-training and selection, a linear probe on held-out digits scores its selected checkpoint, to show how good the
-label-free choice of configuration was: the probe accuracy of RankMe's pick vs the best, and the Spearman rank
-correlation between RankMe and accuracy over the configurations.
+digits without labels by the demo's pipeline (pipeline.fit_ssl: the same callbacks, rankme_projector too). Its score
+is the RankMe of its RankMe-selected checkpoint (the arg-max after the warm-up), and configurations are ranked by that
+score. After each configuration's training and selection, a linear probe on held-out digits scores its selected
+checkpoint, to show how good the label-free choice of configuration was: the probe accuracy of RankMe's pick vs the
+best, and the Spearman rank correlation between RankMe and accuracy over the configurations.
 Each configuration is an offline W&B run under one group (`wandb sync` the folders printed at the end). Writes
 <out>/summary.json. About 2-4 minutes on a 2-core CPU.
 
-The same sweep on W&B's sweep server: configs/sweep.yaml (via python -m rankme.demo_cli).
+The same sweep on W&B's sweep server: configs/sweep.yaml (via examples/cli.py).
 """
 
 from __future__ import annotations
@@ -26,18 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from digits import DigitsDataModule, linear_probe, spearman
 from lightning.pytorch import seed_everything
-
-from rankme.demo import (
-    DigitsDataModule,
-    VICReg,
-    fit_ssl,
-    linear_probe,
-    make_wandb_logger,
-    quiet_lightning_logs,
-    resolve_wandb_mode,
-    spearman,
-)
+from pipeline import finite_or_none, fit_ssl, make_wandb_logger, quiet_lightning_logs, resolve_wandb_mode
+from vicreg import VICReg
 
 # (name, VICReg loss weights): from the paper's default to the regimes that collapse dimensions or everything.
 CONFIGS: dict[str, dict[str, float]] = {
@@ -97,10 +89,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         weights = CONFIGS[name]
         slug = name.split(" ")[-1].replace("/", "-")
         run_dir = out / slug
-        for stale in [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("warmup_checkpoints/*.ckpt")]:
-            stale.unlink()
         seed_everything(args.seed, workers=True, verbose=False)
-        model = VICReg(warmup_epochs=args.warmup_epochs, **weights)
+        model = VICReg(
+            warmup_epochs=args.warmup_epochs,
+            sim_coeff=weights["sim_coeff"],
+            std_coeff=weights["std_coeff"],
+            cov_coeff=weights["cov_coeff"],
+        )
         logger = make_wandb_logger(run_dir, f"sweep {name}", mode, config={"seed": args.seed}, group=group)
         wandb_dir = str(Path(logger.experiment.dir).parent) if logger is not None else None
         result = fit_ssl(
@@ -113,12 +108,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             logger=logger,
             verbose=False,
         )
-        candidates = {epoch: result.rankme[epoch] for epoch in result.checkpoints}
-        picked = max(candidates, key=lambda epoch: candidates[epoch])
-        last = max(result.rankme)
+        picked, last = result.selected_epoch, max(result.rankme)
         accuracy = linear_probe(model, splits, result.selected_checkpoint)
         if logger is not None:
-            logger.experiment.summary["selected_rankme"] = candidates[picked]
+            logger.experiment.summary["selected_rankme"] = result.rankme[picked]
             logger.experiment.summary["probe_accuracy"] = accuracy
             logger.experiment.finish()
         results.append(
@@ -126,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "config": name,
                 **weights,
                 "selected_epoch": picked,
-                "rankme": candidates[picked],
+                "rankme": result.rankme[picked],
                 "rankme_final": result.rankme[last],
                 "rankme_projector": result.rankme_projector[picked],
                 "probe_accuracy": accuracy,
@@ -136,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             }
         )
         print(
-            f"  {name:<26} RankMe {candidates[picked]:6.2f} at epoch {picked:2d} (final {result.rankme[last]:6.2f})"
+            f"  {name:<26} RankMe {result.rankme[picked]:6.2f} at epoch {picked:2d} (final {result.rankme[last]:6.2f})"
             f"  [{result.seconds:.0f} s]",
             flush=True,
         )
@@ -169,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "selected_config": pick["config"],
         "label_best_config": best["config"],
         "gap_points": gap,
-        "spearman_rankme_probe": rho if math.isfinite(rho) else None,
+        "spearman_rankme_probe": finite_or_none(rho),
         "max_epochs": args.max_epochs,
         "warmup_epochs": args.warmup_epochs,
         "seed": args.seed,

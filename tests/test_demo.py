@@ -1,8 +1,11 @@
-"""The demo pipeline on a tiny budget: real Trainer, real digits, real offline W&B runs, no mocks."""
+"""The demo pipeline on a tiny budget: real Trainer, real digits, real offline W&B runs, no mocks.
+
+The examples are scripts in examples/ that import each other by file name, as ``python examples/demo.py`` does:
+these tests put that folder on the import path; nothing comes through the ``rankme`` package.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import math
@@ -14,12 +17,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import reference_rankme
 
 from rankme import WarmupEarlyStopping, WarmupModelCheckpoint
-from rankme.demo import DigitsDataModule, VICReg, main, spearman
-from rankme.demo_cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+import sweep  # noqa: E402
+from cli import main as cli_main  # noqa: E402
+from demo import main  # noqa: E402
+from digits import DigitsDataModule, spearman  # noqa: E402
+from vicreg import VICReg  # noqa: E402
+
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 SWEEP_CONFIG = ROOT / "configs" / "sweep.yaml"
 
@@ -42,13 +52,6 @@ def keep_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-def reference_rankme(z: np.ndarray, eps: float = 1e-7) -> float:
-    """The paper's RankMe by a float64 numpy SVD, independent of the package."""
-    s = np.linalg.svd(np.asarray(z, dtype=np.float64), compute_uv=False)
-    p = s / s.sum() + eps
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def _offline_run_file(run_dir: Path) -> list[Path]:
@@ -83,6 +86,11 @@ def test_demo_smoke_writes_a_consistent_summary(tmp_path: Path, offline_wandb: P
     selected = next(row for row in epochs if row["epoch"] == summary["selected_epoch"])
     best = next(row for row in epochs if row["epoch"] == summary["label_best_epoch"])
     assert summary["gap_points"] == pytest.approx(100 * (best["probe_accuracy"] - selected["probe_accuracy"]))
+    # A plain ModelCheckpoint on rankme ran beside the warm-up one: it kept the arg-max over every epoch.
+    every = summary["warmup_epochs"] + epochs
+    plain = summary["plain_checkpoint_pick"]
+    assert plain["epoch"] == every[int(np.argmax([row["rankme"] for row in every]))]["epoch"]
+    assert plain["probe_accuracy"] == next(row for row in every if row["epoch"] == plain["epoch"])["probe_accuracy"]
     expected_rho = spearman(rankmes, accuracies)
     assert (math.isnan(expected_rho) and summary["spearman_rankme_probe"] is None) or (
         summary["spearman_rankme_probe"] == pytest.approx(expected_rho)
@@ -201,11 +209,6 @@ def test_sweep_example_ranks_configurations_by_rankme(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_threads: None
 ) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    spec = importlib.util.spec_from_file_location("sweep_example", ROOT / "examples" / "sweep.py")
-    assert spec is not None
-    assert spec.loader is not None
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
     names = ["default 25/25/1", "invariance only 25/0/0"]
     argv = ["--out", str(tmp_path), "--max-epochs", "2", "--warmup-epochs", "1", "--limit-train-batches", "2"]
     summary = sweep.main([*argv, "--configs", *names])

@@ -9,8 +9,7 @@ FLOORS_VENV := .venv-floors
 FLOORS_PY := $(FLOORS_VENV)/bin/python
 FLOORS_STAMP := $(FLOORS_VENV)/.installed
 # Tests that need the examples' dependencies (scikit-learn, jsonargparse, ...), which the floor venv does not install.
-FLOORS_IGNORE := --ignore-glob='tests/test_demo*.py' --ignore-glob='tests/test_example*.py' \
-	--ignore=src/rankme/demo.py --ignore=src/rankme/demo_cli.py
+FLOORS_IGNORE := --ignore-glob='tests/test_demo*.py' --ignore-glob='tests/test_example*.py'
 
 .PHONY: demo test test-floors lint bench sweep clean
 

@@ -1,4 +1,4 @@
-"""Build hooks that pyproject.toml cannot express: the long description and the modules left out of the wheel.
+"""The build hook that pyproject.toml cannot express: a long description with no repository-relative link.
 
 Everything else about the package is declared in pyproject.toml.
 """
@@ -10,11 +10,6 @@ import re
 from pathlib import Path
 
 from setuptools import setup
-from setuptools.command.build_py import build_py
-
-# The demo moved to examples/ (it needs scikit-learn, matplotlib, jsonargparse, wandb): a checkout that still has
-# these modules does not ship them.
-EXAMPLE_MODULES = {("rankme", "demo"), ("rankme", "demo_cli")}
 
 # Markdown links to files of the repository, e.g. [docs/benchmarks.md](docs/benchmarks.md).
 RELATIVE_LINK = re.compile(r"\[([^\]]+)\]\((?![a-z][a-z0-9+.-]*:|#)([^)\s]+)\)")
@@ -49,20 +44,10 @@ def long_description(readme: str, source_url: str | None) -> str:
     return RELATIVE_LINK.sub(spelled_out, readme)
 
 
-class BuildPyWithoutExamples(build_py):
-    """``build_py`` that leaves the example modules out of the wheel and the sdist."""
-
-    def find_package_modules(self, package: str, package_dir: str) -> list[tuple[str, str, str]]:
-        """The package's modules, less the examples."""
-        modules = super().find_package_modules(package, package_dir)
-        return [entry for entry in modules if (entry[0], entry[1]) not in EXAMPLE_MODULES]
-
-
 if __name__ == "__main__":
     setup(
         long_description=long_description(
             (Path(__file__).parent / "README.md").read_text(encoding="utf-8"), os.environ.get("RANKME_SOURCE_URL")
         ),
         long_description_content_type="text/markdown",
-        cmdclass={"build_py": BuildPyWithoutExamples},
     )

@@ -68,10 +68,7 @@ def _floor(requirement: Requirement) -> Version:
 def test_wheel_holds_the_library_its_types_and_its_license(wheel: zipfile.ZipFile) -> None:
     names = set(wheel.namelist())
     package_files = {name for name in names if name.startswith("rankme/")}
-    library = {f"rankme/{path.name}" for path in (ROOT / "src/rankme").glob("*.py")} - {
-        "rankme/demo.py",
-        "rankme/demo_cli.py",
-    }
+    library = {f"rankme/{path.name}" for path in (ROOT / "src/rankme").glob("*.py")}
     assert package_files == library | {"rankme/py.typed"}
     assert f"rankme-{rankme.__version__}.dist-info/licenses/LICENSE" in names
     assert "MIT License" in wheel.read(f"rankme-{rankme.__version__}.dist-info/licenses/LICENSE").decode()

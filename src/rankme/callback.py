@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,11 +19,16 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from rankme.functional import DEFAULT_EPS, RankMeNoSamplesError
+from rankme.functional import DEFAULT_EPS, RankMeNoSamplesError, RankMeWarning
 from rankme.metric import Mode, RankMe, RankMeSummary
 
 _SPECTRUM_POINTS = 128  # points per plotted spectrum, log-spaced in k
 _SPECTRUM_CURVES = 8  # epochs drawn in one plot: the first, the latest and evenly spaced ones between
+
+
+def _warn(message: str) -> None:
+    """Warn once, on rank zero, with the package's category: ``RankMeWarning``."""
+    rank_zero_warn(message, category=RankMeWarning)
 
 
 class RankMeCallback(Callback):
@@ -41,6 +47,12 @@ class RankMeCallback(Callback):
     - with a :class:`~lightning.pytorch.loggers.WandbLogger` and ``log_spectrum``, ``name + "_spectrum"``:
       the normalised singular values ``s_k / sum(s)`` against k, one line per epoch (the first, the
       latest and up to six evenly spaced epochs between).
+
+    In the default configuration (gram mode, uncentred, no ``max_samples``) nothing is read back from the device
+    per validation batch: each batch is checked once, by the metric, and a batch with NaN or infinity is counted on
+    the device and reported at the end of the epoch. ``max_samples``, ``center=True`` and ``mode="embeddings"`` read
+    one value back per batch (the row count or the finiteness verdict; see :class:`rankme.RankMe`). Every warning
+    has the category :class:`rankme.RankMeWarning` and is emitted once, on rank zero.
 
     The sanity check is skipped (its batches only check the settings). Under DDP the value covers the
     validation data of every rank; note that the default ``DistributedSampler`` pads the last shard by
@@ -230,17 +242,16 @@ class RankMeCallback(Callback):
     def _update(self, output: Any, source: str) -> None:
         with torch.no_grad():
             z = self.transform(output) if self.transform is not None else output
-            if not isinstance(z, Tensor) or z.ndim != 2:
-                shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
-                raise MisconfigurationException(
-                    f"RankMeCallback expects {source} to be a (batch, features) tensor, but got {shape}. Pass"
-                    " `transform=` to map it, e.g. `lambda out: out[0]` for a tuple, `lambda x: x[:, 0]` for ViT"
-                    " tokens or `lambda x: x.mean(dim=(2, 3))` for feature maps."
-                )
             try:
-                self.metric.update(z)
+                self.metric.update(z)  # the one check of the batch; nothing is read back to the host here
             except ValueError as err:
-                raise MisconfigurationException(f"RankMeCallback on {source}: {err}") from err
+                hint = ""
+                if not isinstance(z, Tensor) or z.ndim != 2:
+                    hint = (
+                        " Pass `transform=` to map it to a (batch, features) tensor, e.g. `lambda out: out[0]` for a"
+                        " tuple, `lambda x: x[:, 0]` for ViT tokens or `lambda x: x.mean(dim=(2, 3))` for feature maps."
+                    )
+                raise MisconfigurationException(f"RankMeCallback on {source}: {err}{hint}") from err
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -249,14 +260,14 @@ class RankMeCallback(Callback):
             return
         self._active = False
         try:
-            summary = self.metric.summary()
+            summary = self._summary()
         except RankMeNoSamplesError as err:  # raised alike on every rank, from synchronised state
-            rank_zero_warn(f"RankMeCallback({self.name!r}) logs nothing at epoch {trainer.current_epoch}: {err}")
+            _warn(f"RankMeCallback({self.name!r}) logs nothing at epoch {trainer.current_epoch}: {err}")
             return
         finally:
             self.metric.reset()
         if summary.non_finite_batches:
-            rank_zero_warn(
+            _warn(
                 f"RankMeCallback({self.name!r}): {summary.non_finite_batches} validation batches held NaN or infinite"
                 f" embeddings at epoch {trainer.current_epoch}; logging {self.name}=nan so checkpointing treats it as"
                 " the worst."
@@ -272,6 +283,20 @@ class RankMeCallback(Callback):
             )
         if self.log_spectrum:
             self._log_spectrum(trainer, summary)
+
+    def _summary(self) -> RankMeSummary:
+        """The metric's synchronised summary; its warnings, alike on every rank, are re-emitted on rank zero only."""
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", RankMeWarning)
+                return self.metric.summary()
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, RankMeWarning):
+                    _warn(f"RankMeCallback({self.name!r}): {warning.message}")
+                else:
+                    warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, value: float, normalized: float, n: float) -> None:
         # The values are already identical on every rank; "max" over ranks keeps them exactly.

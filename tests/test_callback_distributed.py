@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,10 +12,47 @@ from callback_models import Encoder, loader
 from conftest import reference_rankme
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch import Tensor
 
 from rankme import RankMeCallback
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+def spawn_trainer(tmp_path: Path, callbacks: list[Callback], **kwargs: Any) -> Trainer:
+    options: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp_spawn",
+        "max_epochs": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "default_root_dir": tmp_path,
+    }
+    options.update(kwargs)
+    return Trainer(callbacks=callbacks, **options)
+
+
+def rank_dependent_transform(h: Tensor) -> Tensor:
+    """A mistake users make: a transform whose output size depends on the rank."""
+    return h if torch.distributed.get_rank() == 0 else h[:, 1:]
+
+
+class RankMeRecordingErrors(RankMeCallback):
+    """Writes, on each rank, the exception its epoch end raised, so the main process can see every rank failed."""
+
+    def __init__(self, folder: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.folder = folder
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        try:
+            super().on_validation_epoch_end(trainer, pl_module)
+        except Exception as err:
+            (self.folder / f"rank{trainer.global_rank}.txt").write_text(f"{type(err).__name__}: {err}")
+            raise
 
 
 class WriteLoggedPerRank(Callback):
@@ -66,3 +104,15 @@ def test_ddp_value_equals_one_process_over_all_data_on_every_rank(tmp_path: Path
             assert logged["rankme_num_samples"] == 64
     assert float(trainer.callback_metrics["rankme"]) == pytest.approx(backbone, rel=1e-6)
     assert Path(checkpoint.best_model_path).exists()
+
+
+def test_ranks_feeding_different_d_raise_on_every_rank(tmp_path: Path) -> None:
+    callback = RankMeRecordingErrors(tmp_path, module="backbone", transform=rank_dependent_transform)
+    trainer = spawn_trainer(tmp_path, [callback], max_epochs=3)
+    with pytest.raises(Exception, match=r"D in \[23, 24\]"):
+        trainer.fit(Encoder(), loader(32, batch_size=8), loader(32, batch_size=8))
+    for rank in (0, 1):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert message.startswith("MisconfigurationException: RankMeCallback(name='rankme', module='backbone')")
+        assert "at epoch 0" in message
+        assert "D in [23, 24]" in message

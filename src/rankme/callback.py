@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from rankme.functional import DEFAULT_EPS, RankMeNoSamplesError, RankMeWarning
+from rankme.functional import DEFAULT_EPS, RankMeNoSamplesError, RankMeWarning, _check_bool, _check_int
 from rankme.metric import Mode, RankMe, RankMeSummary
 
 _SPECTRUM_POINTS = 128  # points per plotted spectrum, log-spaced in k
@@ -115,11 +115,13 @@ class RankMeCallback(Callback):
         for arg, value in (("module", module), ("output_key", output_key), ("name", name)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise MisconfigurationException(f"Expected argument `{arg}` to be a non-empty str, but got {value!r}.")
-        for arg, number, lowest in (("dataloader_idx", dataloader_idx, 0), ("every_n_epochs", every_n_epochs, 1)):
-            if isinstance(number, bool) or not isinstance(number, int) or number < lowest:
-                raise MisconfigurationException(
-                    f"Expected argument `{arg}` to be an int >= {lowest}, but got {number!r}."
-                )
+        try:
+            _check_int("dataloader_idx", dataloader_idx, 0)
+            _check_int("every_n_epochs", every_n_epochs, 1)
+            _check_bool("log_spectrum", log_spectrum)
+            _check_bool("prog_bar", prog_bar)
+        except ValueError as err:
+            raise MisconfigurationException(str(err)) from err
         if transform is not None and not callable(transform):
             raise MisconfigurationException(f"Expected argument `transform` to be callable, but got {transform!r}.")
         if collapse_threshold is not None and not 0 < collapse_threshold <= 1:
@@ -179,6 +181,21 @@ class RankMeCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.module is not None:
             self._submodule(pl_module)  # fail now, before any training time is spent
+        mine = self._logged_keys()
+        callbacks: list[Callback] = getattr(trainer, "callbacks", [])
+        for other in callbacks:  # identical settings (one state_key) are refused by Lightning's Trainer already
+            if other is not self and isinstance(other, RankMeCallback) and mine & other._logged_keys():
+                raise MisconfigurationException(
+                    f"{self._describe()} and {other._describe()} both log {sorted(mine & other._logged_keys())}: one"
+                    " value would silently overwrite the other. Give each RankMeCallback its own `name=`."
+                )
+
+    def _logged_keys(self) -> set[str]:
+        return {self.name, f"{self.name}_normalized", f"{self.name}_num_samples"}
+
+    def _describe(self) -> str:
+        source = f"module={self.module!r}" if self.module is not None else f"output_key={self.output_key!r}"
+        return f"RankMeCallback(name={self.name!r}, {source})"
 
     def _submodule(self, pl_module: LightningModule) -> nn.Module:
         assert self.module is not None
@@ -202,6 +219,14 @@ class RankMeCallback(Callback):
         self._active = self._monitors_this_epoch(trainer)
         if not self._active:
             return
+        loaders = len(trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches)
+        if self.dataloader_idx >= loaders:
+            self._active = False
+            raise MisconfigurationException(
+                f"{self._describe()} monitors validation dataloader_idx={self.dataloader_idx}, but validation has"
+                f" {loaders} dataloader{'s' if loaders != 1 else ''} (indices 0 to {loaders - 1}). Pass an index"
+                " below that."
+            )
         self.metric.reset()
         # on the model's device; MPS has no float64, so the metric stays on the CPU there
         self.metric.to(pl_module.device if pl_module.device.type != "mps" else "cpu")
@@ -264,6 +289,11 @@ class RankMeCallback(Callback):
         except RankMeNoSamplesError as err:  # raised alike on every rank, from synchronised state
             _warn(f"RankMeCallback({self.name!r}) logs nothing at epoch {trainer.current_epoch}: {err}")
             return
+        except ValueError as err:  # ranks fed different D: every rank sees the same gathered sizes and raises alike
+            raise MisconfigurationException(
+                f"{self._describe()} at epoch {trainer.current_epoch}: {err} A `transform` or a layer that depends"
+                " on the rank gives this."
+            ) from err
         finally:
             self.metric.reset()
         if summary.non_finite_batches:
@@ -362,4 +392,32 @@ class RankMeCallback(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(entry) for entry in state_dict.get("history", [])]
+        """Restore the history; a malformed saved state gives a warning and a fresh history, never a failed resume."""
+        try:
+            self.history = _checked_history(state_dict)
+        except (TypeError, ValueError, KeyError) as err:
+            self.history = []
+            _warn(
+                f"{self._describe()} could not restore its history from the checkpoint ({err}); it starts a fresh"
+                " one. The model, optimizer and other callbacks were restored as usual."
+            )
+
+
+_HISTORY_FIELDS = ("epoch", "global_step", "value", "normalized", "num_samples")
+
+
+def _checked_history(state_dict: Any) -> list[dict[str, float]]:
+    """The history held in a saved callback state, checked entry by entry; raises TypeError/ValueError if malformed."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"expected a dict, got {type(state_dict).__name__}")
+    entries = state_dict.get("history", [])
+    if not isinstance(entries, list):
+        raise TypeError(f"expected `history` to be a list, got {type(entries).__name__}")
+    history = []
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or set(entry) != set(_HISTORY_FIELDS):
+            raise ValueError(f"history entry {position} is not a dict with keys {list(_HISTORY_FIELDS)}: {entry!r}")
+        if not all(isinstance(entry[field], (int, float)) and not isinstance(entry[field], bool) for field in entry):
+            raise ValueError(f"history entry {position} holds a value that is not a number: {entry!r}")
+        history.append({field: entry[field] for field in _HISTORY_FIELDS})
+    return history

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
@@ -55,8 +56,10 @@ class RankMeCallback(Callback):
     has the category :class:`rankme.RankMeWarning` and is emitted once, on rank zero.
 
     The sanity check is skipped (its batches only check the settings). Under DDP the value covers the
-    validation data of every rank; note that the default ``DistributedSampler`` pads the last shard by
-    repeating samples when the dataset size does not divide by the number of ranks.
+    validation data of every rank, exactly: the rows that Lightning's default ``DistributedSampler`` repeats to pad
+    the last shard (when the dataset size does not divide by the number of ranks) are left out, so the value and
+    ``num_samples`` equal those of one process over the validation set. With another sampler (or an
+    ``IterableDataset``) the callback cannot tell padding from real rows; it counts every row and says so once.
 
     Args:
         module: dotted name of the submodule to capture (``"backbone"``, ``"encoder.head"``).
@@ -148,6 +151,9 @@ class RankMeCallback(Callback):
         self._hook: RemovableHandle | None = None
         self._active = False
         self._in_monitored_batch = False
+        self._rows_left: int | None = None  # this rank's real (not padding) rows still to come; None: all count
+        self._batch_rows: int | None = None  # the rows kept from the current batch, once its first output is seen
+        self._warned_sampler = False
 
     @property
     @override
@@ -227,6 +233,7 @@ class RankMeCallback(Callback):
                 f" {loaders} dataloader{'s' if loaders != 1 else ''} (indices 0 to {loaders - 1}). Pass an index"
                 " below that."
             )
+        self._rows_left = self._real_rows(trainer)
         self.metric.reset()
         # on the model's device; MPS has no float64, so the metric stays on the CPU there
         self.metric.to(pl_module.device if pl_module.device.type != "mps" else "cpu")
@@ -239,6 +246,7 @@ class RankMeCallback(Callback):
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         self._in_monitored_batch = self._active and dataloader_idx == self.dataloader_idx
+        self._batch_rows = None
 
     def _capture_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._in_monitored_batch:
@@ -264,9 +272,45 @@ class RankMeCallback(Callback):
             self._update(outputs[self.output_key], f"validation_step's output[{self.output_key!r}]")
         self._in_monitored_batch = False
 
+    def _real_rows(self, trainer: Trainer) -> int | None:
+        """How many of the rows this rank will see are real, not the sampler's padding; None when all count.
+
+        Lightning's default ``DistributedSampler`` (or one of its subclasses) lays the index list out, pads it with
+        copies of its first indices up to a multiple of the world size and gives rank r the positions r, r + W, ...:
+        rank r's real rows are the first ``len(range(r, len(dataset), W))`` it yields. Any other sampler under DDP
+        cannot be read this way, which is said once.
+        """
+        if trainer.world_size == 1:
+            return None
+        fn_loop = trainer.validate_loop if trainer.state.fn == "validate" else trainer.fit_loop.epoch_loop.val_loop
+        combined = getattr(fn_loop, "_combined_loader", None)
+        loaders = list(combined.flattened) if combined is not None else []
+        loader = loaders[self.dataloader_idx] if self.dataloader_idx < len(loaders) else None
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        sampler = getattr(batch_sampler, "sampler", None)
+        if sampler is None:
+            sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            real = len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))  # type: ignore[arg-type]
+            return min(real, sampler.num_samples)
+        if not self._warned_sampler:
+            self._warned_sampler = True
+            _warn(
+                f"{self._describe()}: under DDP the validation dataloader {self.dataloader_idx} samples with"
+                f" {type(sampler).__name__}, not a DistributedSampler, so the callback cannot tell rows repeated as"
+                " padding (or seen by every rank) from real ones and counts every row it sees. For the exact value"
+                " keep Lightning's default `use_distributed_sampler=True` with a map-style dataset."
+            )
+        return None
+
     def _update(self, output: Any, source: str) -> None:
         with torch.no_grad():
             z = self.transform(output) if self.transform is not None else output
+            if self._rows_left is not None and isinstance(z, Tensor) and z.ndim > 0:
+                if self._batch_rows is None:  # the batch's first output: count its real rows once
+                    self._batch_rows = min(z.shape[0], self._rows_left)
+                    self._rows_left -= self._batch_rows
+                z = z[: self._batch_rows]  # a host int: no read from the device
             try:
                 self.metric.update(z)  # the one check of the batch; nothing is read back to the host here
             except ValueError as err:

@@ -87,8 +87,10 @@ def test_dataloader_idx_past_a_single_loader_without_sanity_check(tmp_path: Path
         {"history": [{"epoch": 0}]},  # missing fields
         {"history": [{"epoch": "0", "global_step": 6, "value": 1.0, "normalized": 0.1, "num_samples": 96}]},
         {"history": [None]},
+        {"history": [], "spectra": [{"epoch": 0, "global_step": 6, "k": [1, 2], "values": [0.5]}]},
+        {"history": [], "spectra": {"epoch": 0}},
     ],
-    ids=["str", "history-str", "missing-fields", "str-field", "none-entry"],
+    ids=["str", "history-str", "missing-fields", "str-field", "none-entry", "spectrum-lengths", "spectra-dict"],
 )
 def test_malformed_saved_state_warns_and_resumes_with_a_fresh_history(tmp_path: Path, bad_state: Any) -> None:
     first = RankMeCallback(module="backbone")
@@ -96,7 +98,7 @@ def test_malformed_saved_state_warns_and_resumes_with_a_fresh_history(tmp_path: 
     make_trainer(tmp_path, [first, checkpoint], enable_checkpointing=True).fit(Encoder(), loader(), loader())
     path = tmp_path / "ckpt" / "last.ckpt"
     saved = torch.load(path, weights_only=False)
-    assert saved["callbacks"][first.state_key] == {"history": first.history}
+    assert saved["callbacks"][first.state_key] == {"history": first.history, "spectra": first.spectra}
     saved["callbacks"][first.state_key] = bad_state
     torch.save(saved, path)
 
@@ -107,6 +109,7 @@ def test_malformed_saved_state_warns_and_resumes_with_a_fresh_history(tmp_path: 
         trainer.fit(model, loader(), loader(), ckpt_path=str(path))
     assert trainer.current_epoch == 2  # the model and loop state were restored and training went on
     assert [entry["epoch"] for entry in resumed.history] == [1]
+    assert [entry["epoch"] for entry in resumed.spectra] == [1]
     reference = reference_rankme(torch.cat(model.recorded[0]["backbone"]))
     assert math.isclose(resumed.history[0]["value"], reference, rel_tol=1e-6)
 

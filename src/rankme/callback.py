@@ -7,12 +7,13 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, EarlyStopping
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
@@ -45,9 +46,13 @@ class RankMeCallback(Callback):
       ``EarlyStopping(monitor=name, mode="max")`` (in any callback order);
     - ``name + "_normalized"``: RankMe / min(N, D), in (0, 1];
     - ``name + "_num_samples"``: N, over all ranks;
-    - with a :class:`~lightning.pytorch.loggers.WandbLogger` and ``log_spectrum``, ``name + "_spectrum"``:
-      the normalised singular values ``s_k / sum(s)`` against k, one line per epoch (the first, the
-      latest and up to six evenly spaced epochs between).
+    - with ``log_spectrum``, ``name + "_spectrum"``: the normalised singular values ``s_k / sum(s)`` at about 128
+      log-spaced k, one small record per epoch: a histogram whose bar at k is ``s_k / sum(s)`` in a
+      :class:`~lightning.pytorch.loggers.WandbLogger` (W&B draws the epochs as a heat map over steps) and in a
+      :class:`~lightning.pytorch.loggers.TensorBoardLogger` (one slice per epoch in its histogram dashboard). With
+      W&B, ``name + "_spectrum_chart"`` at the end of ``fit``/``validate``: one line chart of the first, the latest
+      and up to six evenly spaced epochs. The spectra are kept in the callback's ``state_dict``, so the chart of a
+      resumed run still covers the epochs before the resume.
 
     In the default configuration (gram mode, uncentred, no ``max_samples``) nothing is read back from the device
     per validation batch: each batch is checked once, by the metric, and a batch with NaN or infinity is counted on
@@ -75,7 +80,7 @@ class RankMeCallback(Callback):
             no key at all). To drive ``ModelCheckpoint``/``EarlyStopping`` prefer
             ``Trainer(check_val_every_n_epoch=n)``, which skips the whole validation instead.
         transform: maps a captured output (tuple, tokens, feature map) to a (batch, D) tensor.
-        log_spectrum: log the spectrum plot when a ``WandbLogger`` is attached.
+        log_spectrum: keep and log the spectrum (W&B and TensorBoard loggers; see above).
         prog_bar: show the value in the progress bar.
         collapse_threshold: warn when ``name + "_normalized"`` falls below it; to also stop, add
             :meth:`collapse_early_stopping` to the trainer's callbacks.
@@ -147,7 +152,8 @@ class RankMeCallback(Callback):
         self.collapse_threshold = collapse_threshold
         self.history: list[dict[str, float]] = []
         """One entry per computed epoch: epoch, global_step, value, normalized, num_samples."""
-        self._spectra: list[tuple[int, list[float]]] = []
+        self.spectra: list[dict[str, Any]] = []
+        """With ``log_spectrum``, one entry per computed epoch: epoch, global_step, k and s_k / sum(s) at ~128 k."""
         self._hook: RemovableHandle | None = None
         self._active = False
         self._in_monitored_batch = False
@@ -390,29 +396,67 @@ class RankMeCallback(Callback):
         )
 
     def _log_spectrum(self, trainer: Trainer, summary: RankMeSummary) -> None:
-        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-        if not loggers or trainer.global_rank != 0:
-            return
-        import wandb
-
+        """Keep this epoch's spectrum (~128 log-spaced points, in ``state_dict``) and log it, one record per epoch."""
         spectrum = summary.singular_values / summary.singular_values.sum()
         # k = 1 .. min(N, D), log-spaced so the head of the spectrum keeps its detail
         k = torch.logspace(0, math.log10(len(spectrum)), _SPECTRUM_POINTS, dtype=torch.float64).round().long().unique()
-        index = k - 1
-        self._spectra.append((trainer.current_epoch, spectrum[index.to(spectrum.device)].tolist()))
-        # A bounded number of curves keeps each logged table small however long the run is.
-        picks = torch.linspace(0, len(self._spectra) - 1, min(len(self._spectra), _SPECTRUM_CURVES))
-        shown = [self._spectra[i] for i in picks.round().long().unique().tolist()]
+        entry: dict[str, Any] = {
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "k": k.tolist(),
+            "values": spectrum[(k - 1).to(spectrum.device)].tolist(),  # one read per epoch, not per batch
+        }
+        self.spectra.append(entry)
+        if trainer.global_rank != 0:
+            return
+        key = f"{self.name}_spectrum"
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                # a histogram whose bars are s_k / sum(s) at k: W&B draws every epoch so far as a heat map over steps
+                import wandb
+
+                bins = [entry["k"][0] - 0.5, *((a + b) / 2 for a, b in pairwise(entry["k"])), entry["k"][-1] + 0.5]
+                histogram = wandb.Histogram(np_histogram=(entry["values"], bins))  # type: ignore[arg-type]  # lists work
+                record: dict[str, Any] = {key: histogram}
+                logger.log_metrics(record, step=trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                # TensorBoard's histogram dashboard: one slice per epoch, bucket k holding s_k / sum(s)
+                ks, values = entry["k"], entry["values"]
+                logger.experiment.add_histogram_raw(
+                    key,
+                    min=ks[0],
+                    max=ks[-1],
+                    num=len(ks),
+                    sum=sum(values),
+                    sum_squares=sum(v * v for v in values),
+                    bucket_limits=ks,
+                    bucket_counts=values,
+                    global_step=trainer.global_step,
+                )
+
+    def _log_spectrum_chart(self, trainer: Trainer) -> None:
+        """One W&B line chart of the kept spectra (first, latest and evenly spaced epochs), once per run."""
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if not self.log_spectrum or not self.spectra or not loggers or trainer.global_rank != 0:
+            return
+        import wandb
+
+        picks = torch.linspace(0, len(self.spectra) - 1, min(len(self.spectra), _SPECTRUM_CURVES))
+        shown = [self.spectra[i] for i in picks.round().long().unique().tolist()]
         plot = wandb.plot.line_series(
-            xs=[(index + 1).tolist() for _ in shown],
-            ys=[values for _, values in shown],
-            keys=[f"epoch {epoch}" for epoch, _ in shown],
+            xs=[entry["k"] for entry in shown],
+            ys=[entry["values"] for entry in shown],
+            keys=[f"epoch {entry['epoch']}" for entry in shown],
             title=f"{self.name}: normalised singular values",
             xname="k",
         )
-        chart: dict[str, Any] = {f"{self.name}_spectrum": plot}
+        chart: dict[str, Any] = {f"{self.name}_spectrum_chart": plot}
         for logger in loggers:
             logger.log_metrics(chart, step=trainer.global_step)
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log_spectrum_chart(trainer)
 
     def _remove_hook(self) -> None:
         if self._hook is not None:
@@ -423,6 +467,8 @@ class RankMeCallback(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hook()
         self._in_monitored_batch = False
+        if trainer.state.fn == "validate":
+            self._log_spectrum_chart(trainer)
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -432,15 +478,16 @@ class RankMeCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(entry) for entry in self.history]}
+        return {"history": [dict(entry) for entry in self.history], "spectra": [dict(entry) for entry in self.spectra]}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the history; a malformed saved state gives a warning and a fresh history, never a failed resume."""
         try:
             self.history = _checked_history(state_dict)
+            self.spectra = _checked_spectra(state_dict)
         except (TypeError, ValueError, KeyError) as err:
-            self.history = []
+            self.history, self.spectra = [], []
             _warn(
                 f"{self._describe()} could not restore its history from the checkpoint ({err}); it starts a fresh"
                 " one. The model, optimizer and other callbacks were restored as usual."
@@ -465,3 +512,20 @@ def _checked_history(state_dict: Any) -> list[dict[str, float]]:
             raise ValueError(f"history entry {position} holds a value that is not a number: {entry!r}")
         history.append({field: entry[field] for field in _HISTORY_FIELDS})
     return history
+
+
+def _checked_spectra(state_dict: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The spectra held in a saved callback state (absent in older checkpoints); raises ValueError if malformed."""
+    entries = state_dict.get("spectra", [])
+    if not isinstance(entries, list):
+        raise ValueError(f"expected `spectra` to be a list, got {type(entries).__name__}")
+    spectra = []
+    for position, entry in enumerate(entries):
+        ok = isinstance(entry, Mapping) and set(entry) == {"epoch", "global_step", "k", "values"}
+        ok = ok and isinstance(entry["k"], list) and isinstance(entry["values"], list)
+        ok = ok and len(entry["k"]) == len(entry["values"]) > 0
+        ok = ok and all(isinstance(k, int) for k in entry["k"]) and all(isinstance(v, float) for v in entry["values"])
+        if not ok:
+            raise ValueError(f"spectra entry {position} is not a dict of epoch, global_step, k and values: {entry!r}")
+        spectra.append({**entry, "k": list(entry["k"]), "values": list(entry["values"])})
+    return spectra

@@ -8,7 +8,7 @@ import sys
 import warnings
 from collections.abc import Callable, Mapping
 from itertools import pairwise
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -24,6 +24,8 @@ from typing_extensions import override
 from rankme.functional import DEFAULT_EPS, RankMeNoSamplesError, RankMeWarning, _check_bool, _check_int
 from rankme.metric import Mode, RankMe, RankMeSummary
 
+CallsPerBatch = Literal["all", "first"]
+
 _SPECTRUM_POINTS = 128  # points per plotted spectrum, log-spaced in k
 _SPECTRUM_CURVES = 8  # epochs drawn in one plot: the first, the latest and evenly spaced ones between
 
@@ -38,9 +40,10 @@ class RankMeCallback(Callback):
 
     The outputs come from exactly one source: ``module``, the dotted name of a submodule whose forward
     output is captured by a hook while validation steps run (every call in a step counts, extra views
-    included), or ``output_key``, a key of the dict that ``validation_step`` returns. A
-    :class:`rankme.RankMe` metric accumulates them on the model's device across all ranks, and at the end
-    of the epoch the callback logs, on every rank:
+    included, unless ``calls_per_batch="first"``; a second call in a batch is warned about once), or
+    ``output_key``, a key of the dict that ``validation_step`` returns. A :class:`rankme.RankMe` metric
+    accumulates them on the model's device across all ranks, and at the end of the epoch the callback logs,
+    on every rank:
 
     - ``name``: RankMe, for ``ModelCheckpoint(monitor=name, mode="max")`` and
       ``EarlyStopping(monitor=name, mode="max")`` (in any callback order);
@@ -82,6 +85,9 @@ class RankMeCallback(Callback):
         transform: maps a captured output (tuple, tokens, feature map) to a (batch, D) tensor.
         log_spectrum: keep and log the spectrum (W&B and TensorBoard loggers; see above).
         prog_bar: show the value in the progress bar.
+        calls_per_batch: with ``module``, what to do when the submodule runs more than once in a validation batch
+            (two augmented views, say): ``"first"`` keeps the first call only, ``"all"`` keeps every call, and
+            None (default) keeps every call and warns once that it happened.
         collapse_threshold: warn when ``name + "_normalized"`` falls below it; to also stop, add
             :meth:`collapse_early_stopping` to the trainer's callbacks.
 
@@ -113,6 +119,7 @@ class RankMeCallback(Callback):
         log_spectrum: bool = True,
         prog_bar: bool = True,
         collapse_threshold: float | None = None,
+        calls_per_batch: CallsPerBatch | None = None,
     ) -> None:
         if (module is None) == (output_key is None):
             raise MisconfigurationException(
@@ -137,6 +144,15 @@ class RankMeCallback(Callback):
                 f"Expected argument `collapse_threshold` to be in (0, 1] (it bounds RankMe / min(N, D)), but got"
                 f" {collapse_threshold!r}."
             )
+        if calls_per_batch not in (None, "all", "first"):
+            raise MisconfigurationException(
+                f"Expected argument `calls_per_batch` to be None, 'all' or 'first', but got {calls_per_batch!r}."
+            )
+        if calls_per_batch is not None and module is None:
+            raise MisconfigurationException(
+                "`calls_per_batch` applies to `module=` (a hook sees every call of the submodule); with"
+                " `output_key=` validation_step returns one tensor per batch. Leave `calls_per_batch` unset."
+            )
         try:
             self.metric = RankMe(mode=mode, eps=eps, center=center, max_samples=max_samples, nan_strategy="propagate")
         except ValueError as err:
@@ -150,6 +166,7 @@ class RankMeCallback(Callback):
         self.log_spectrum = log_spectrum
         self.prog_bar = prog_bar
         self.collapse_threshold = collapse_threshold
+        self.calls_per_batch = calls_per_batch
         self.history: list[dict[str, float]] = []
         """One entry per computed epoch: epoch, global_step, value, normalized, num_samples."""
         self.spectra: list[dict[str, Any]] = []
@@ -160,6 +177,8 @@ class RankMeCallback(Callback):
         self._rows_left: int | None = None  # this rank's real (not padding) rows still to come; None: all count
         self._batch_rows: int | None = None  # the rows kept from the current batch, once its first output is seen
         self._warned_sampler = False
+        self._calls_in_batch = 0
+        self._warned_calls = False
 
     @property
     @override
@@ -253,10 +272,24 @@ class RankMeCallback(Callback):
     ) -> None:
         self._in_monitored_batch = self._active and dataloader_idx == self.dataloader_idx
         self._batch_rows = None
+        self._calls_in_batch = 0
 
     def _capture_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._in_monitored_batch:
-            self._update(output, f"the output of submodule {self.module!r}")
+        if not self._in_monitored_batch:
+            return
+        self._calls_in_batch += 1
+        if self._calls_in_batch > 1:
+            if self.calls_per_batch == "first":
+                return
+            if self.calls_per_batch is None and not self._warned_calls:
+                self._warned_calls = True
+                _warn(
+                    f"{self._describe()}: the submodule ran {self._calls_in_batch} times in one validation batch (two"
+                    " augmented views?), and the rows of every call are counted. Pass `calls_per_batch='first'` to"
+                    " keep the first call of each batch only, or `calls_per_batch='all'` to keep every call without"
+                    " this warning."
+                )
+        self._update(output, f"the output of submodule {self.module!r}")
 
     @override
     def on_validation_batch_end(

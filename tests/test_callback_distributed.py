@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from conftest import reference_rankme
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from rankme import RankMeCallback, RankMeWarning
 
@@ -214,3 +215,29 @@ def test_unknown_sampler_is_said_once_on_rank_zero(tmp_path: Path) -> None:
     assert len(rank0) == 1
     assert "SequentialSampler, not a DistributedSampler" in rank0[0]
     assert json.loads((tmp_path / "warnings-rank1.json").read_text()) == []
+
+
+class Reversed(Sampler[int]):
+    """A user's own sampler: Lightning wraps it in a DistributedSamplerWrapper, which pads the same way."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.size - 1, -1, -1))
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def test_custom_sampler_wrapped_by_lightning_is_exact_too(tmp_path: Path) -> None:
+    model = Encoder()
+    dataset = odd_loader().dataset
+    callbacks = [RankMeCallback(module="backbone"), RecordWarningsPerRank(tmp_path)]
+    trainer = spawn_trainer(tmp_path, callbacks)
+    trainer.validate(model, DataLoader(dataset, batch_size=8, sampler=Reversed(ROWS)), verbose=False)
+    with torch.no_grad():
+        reference = reference_rankme(model.backbone(dataset.tensors[0]))
+    assert float(trainer.callback_metrics["rankme_num_samples"]) == ROWS
+    assert float(trainer.callback_metrics["rankme"]) == pytest.approx(reference, rel=1e-6)
+    assert json.loads((tmp_path / "warnings-rank0.json").read_text()) == []

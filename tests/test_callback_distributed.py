@@ -241,3 +241,23 @@ def test_custom_sampler_wrapped_by_lightning_is_exact_too(tmp_path: Path) -> Non
     assert float(trainer.callback_metrics["rankme_num_samples"]) == ROWS
     assert float(trainer.callback_metrics["rankme"]) == pytest.approx(reference, rel=1e-6)
     assert json.loads((tmp_path / "warnings-rank0.json").read_text()) == []
+
+
+@pytest.mark.filterwarnings("ignore::rankme.RankMeWarning")  # N=3 < D: the value is capped, as it says
+def test_a_rank_left_with_only_padding_contributes_nothing(tmp_path: Path) -> None:
+    # 3 rows on 2 ranks: rank 1 sees row 1 and a repeat of row 0; with batches of 1 its second batch is all padding
+    model = Encoder()
+    x = odd_loader().dataset.tensors[0][:3]
+    callbacks = [
+        RankMeCallback(module="backbone"),
+        RankMeCallback(output_key="z", name="rankme_embeddings", mode="embeddings"),
+    ]
+    trainer = spawn_trainer(tmp_path, callbacks)
+    trainer.validate(model, DataLoader(TensorDataset(x), batch_size=1), verbose=False)
+    with torch.no_grad():
+        backbone, projector = reference_rankme(model.backbone(x)), reference_rankme(model(x))
+    logged = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    assert logged["rankme_num_samples"] == 3
+    assert logged["rankme"] == pytest.approx(backbone, rel=1e-6)
+    assert logged["rankme_embeddings_num_samples"] == 3
+    assert logged["rankme_embeddings"] == pytest.approx(projector, rel=1e-6)

@@ -243,7 +243,6 @@ def test_custom_sampler_wrapped_by_lightning_is_exact_too(tmp_path: Path) -> Non
     assert json.loads((tmp_path / "warnings-rank0.json").read_text()) == []
 
 
-@pytest.mark.filterwarnings("ignore::rankme.RankMeWarning")  # N=3 < D: the value is capped, as it says
 def test_a_rank_left_with_only_padding_contributes_nothing(tmp_path: Path) -> None:
     # 3 rows on 2 ranks: rank 1 sees row 1 and a repeat of row 0; with batches of 1 its second batch is all padding
     model = Encoder()
@@ -251,9 +250,18 @@ def test_a_rank_left_with_only_padding_contributes_nothing(tmp_path: Path) -> No
     callbacks = [
         RankMeCallback(module="backbone"),
         RankMeCallback(output_key="z", name="rankme_embeddings", mode="embeddings"),
+        RecordWarningsPerRank(tmp_path),
     ]
     trainer = spawn_trainer(tmp_path, callbacks)
     trainer.validate(model, DataLoader(TensorDataset(x), batch_size=1), verbose=False)
+    # the metric's "N < D" warning, raised alike on both ranks, reaches the user once per callback, from rank zero
+    rank0 = json.loads((tmp_path / "warnings-rank0.json").read_text())
+    assert sorted(message.split(":")[0] for message in rank0) == [
+        "RankMeCallback('rankme')",
+        "RankMeCallback('rankme_embeddings')",
+    ]
+    assert all("N=3 samples of D=" in message for message in rank0)
+    assert json.loads((tmp_path / "warnings-rank1.json").read_text()) == []
     with torch.no_grad():
         backbone, projector = reference_rankme(model.backbone(x)), reference_rankme(model(x))
     logged = {key: float(value) for key, value in trainer.callback_metrics.items()}

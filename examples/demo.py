@@ -248,9 +248,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         print(
             "  then look at: the `rankme` and `rankme_projector` curves (the label-free signal that drove\n"
             "  checkpointing and early stopping), `rankme_normalized` (RankMe / min(N, D)), the `rankme_spectrum`\n"
-            "  line plot (normalised singular values per epoch: a fast drop-off means few directions carry the\n"
-            "  features), `train_loss` with its invariance/variance/covariance terms, and the `probe/*` panels\n"
-            "  (probe accuracy per epoch, RankMe vs accuracy, this plot)."
+            "  histograms and `rankme_spectrum_chart` (normalised singular values per epoch: a fast drop-off\n"
+            "  means few directions carry the features), `train_loss` with its invariance/variance/covariance\n"
+            "  terms, and the `probe/*` panels (probe accuracy per epoch, RankMe vs accuracy, this plot)."
         )
     return summary
 

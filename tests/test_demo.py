@@ -19,7 +19,7 @@ import torch
 import yaml
 from conftest import reference_rankme
 
-from rankme import WarmupEarlyStopping, WarmupModelCheckpoint
+from rankme import RankMeCollapseGuard, WarmupEarlyStopping, WarmupModelCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -164,6 +164,14 @@ def test_lightning_cli_config_logs_rankme_and_skips_the_warmup(
     assert saved
     assert all(not name.startswith("epoch=000") for name in saved)
     assert Path(checkpoint.best_model_path).is_file()
+    # The pooled feature map (transform: rankme.transforms.global_avg_pool by dotted path) at the last epoch.
+    model = cli.model.eval()
+    with torch.no_grad():
+        feature_map = model.backbone[:10](cli.datamodule.val_images())
+    assert feature_map.shape[1:] == (64, 4, 4)
+    assert float(metrics["rankme_conv"]) == pytest.approx(reference_rankme(feature_map.mean(dim=(2, 3))), rel=1e-5)
+    guards = [cb for cb in cli.trainer.callbacks if isinstance(cb, RankMeCollapseGuard)]
+    assert [guard.monitor for guard in guards] == ["rankme"]
     assert save_dir in Path(checkpoint.best_model_path).parents
 
     assert run_dir is not None

@@ -16,22 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import reference_rankme
 
 from rankme import RankMe, RankMeWarning, cli
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------
-
-
-def reference_rankme(z: Any, eps: float = 1e-7, center: bool = False) -> float:
-    """The paper's formula, independently: float64 NumPy SVD, p_k = s_k / sum(s) + eps, exp(-sum p log p)."""
-    z64 = np.asarray(z, dtype=np.float64)
-    if center:
-        z64 = z64 - z64.mean(axis=0, keepdims=True)
-    s = np.linalg.svd(z64, compute_uv=False)
-    p = s / s.sum() + eps
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def embeddings(n: int = 64, d: int = 16, seed: int = 0, offset: float = 0.0) -> np.ndarray:
@@ -223,9 +214,7 @@ def update_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
-def test_npy_is_streamed_in_chunks(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], update_sizes: list[int]
-) -> None:
+def test_npy_is_streamed_in_chunks(tmp_path: Path, capsys: pytest.CaptureFixture[str], update_sizes: list[int]) -> None:
     z = embeddings(10_000, 6)  # more rows than the default chunk of 4096
     np.save(tmp_path / "big.npy", z)
     record = run_json(capsys, tmp_path / "big.npy")

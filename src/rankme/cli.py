@@ -112,11 +112,11 @@ def _one_line(text: str, limit: int = _MAX_DETAIL_CHARS) -> str:
 
 
 def _readable(name: str | os.PathLike[str]) -> str:
-    r"""A file name as printable text: bytes that are not UTF-8 as ``\\xff``, control characters escaped.
+    r"""A file name as printable text: bytes that are not UTF-8 as ``\xff``, control characters escaped.
 
     Example:
-        >>> _readable(b"z\\xff\\n.npy".decode("utf-8", "surrogateescape"))
-        'z\\\\xff\\\\n.npy'
+        >>> print(_readable(b"z\xff\n.npy".decode("utf-8", "surrogateescape")))
+        z\xff\n.npy
     """
     text = os.fsencode(name).decode("utf-8", "backslashreplace")
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
@@ -720,17 +720,17 @@ def score(
         start = 0
         for block in embeddings.blocks(rows):
             chunk = _float64_rows(block)
-            finite = torch.isfinite(chunk).all(dim=1)
-            if not bool(finite.all()):
+            try:
+                metric.update(chunk)  # checks finiteness itself, and keeps the state as it was if it refuses
+            except ValueError as exc:
+                finite = torch.isfinite(chunk).all(dim=1)
+                if bool(finite.all()):
+                    raise CliError(f"{embeddings.label}: {exc}") from exc
                 first = start + int((~finite).nonzero()[0, 0])
                 raise CliError(
                     f"{embeddings.label} holds NaN or infinity (first in row {first}); drop or fix the non-finite"
                     " rows and save the embeddings again."
-                )
-            try:
-                metric.update(chunk)
-            except ValueError as exc:  # the library's own one-line refusal of these values
-                raise CliError(f"{embeddings.label}: {exc}") from exc
+                ) from exc
             start += chunk.shape[0]
             bar.update(chunk.shape[0])
     try:

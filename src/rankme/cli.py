@@ -392,51 +392,38 @@ def _read_npy_header(fp: IO[bytes], what: str) -> _NpyHeader:
     return _NpyHeader(tuple(int(n) for n in shape), bool(fortran_order), dtype, 8 + length_size + length)
 
 
-def _rows_from_bytes(data: bytearray, header: _NpyHeader, rows: int) -> Any:
-    """``rows`` rows of ``header``'s array from their raw bytes (C order) as a read-only NumPy array."""
-    return np.frombuffer(data, dtype=header.dtype).reshape(rows, header.shape[1])
+def _npy_embeddings(fp: IO[bytes], label: str, key: str | None, size: int, how: str, limit: int) -> Embeddings:
+    """The array of the ``.npy`` stream ``fp`` (``size`` bytes in all), read in row blocks from where it is.
 
-
-def _stream_rows(fp: IO[bytes], header: _NpyHeader, what: str) -> Callable[[int], Iterator[Block]]:
-    """Read a C-ordered array from ``fp`` (just past its header) one block of rows at a time, once."""
-
-    def blocks(rows: int) -> Iterator[Block]:
-        num_samples, num_features = header.shape
-        for start in range(0, num_samples, rows):
-            count = min(rows, num_samples - start)
-            data = _read_exactly(fp, count * num_features * header.dtype.itemsize, what)
-            yield _rows_from_bytes(data, header, count)
-
-    return blocks
-
-
-def _column_rows(fp: IO[bytes], header: _NpyHeader, what: str) -> Callable[[int], Iterator[Block]]:
-    """Read a Fortran-ordered (column-major) array from a seekable ``fp``: one read per column per block."""
-
-    def blocks(rows: int) -> Iterator[Block]:
-        num_samples, num_features = header.shape
-        itemsize = header.dtype.itemsize
-        for start in range(0, num_samples, rows):
-            count = min(rows, num_samples - start)
-            columns = []
-            for column in range(num_features):
-                fp.seek(header.data_offset + (column * num_samples + start) * itemsize)
-                columns.append(_read_exactly(fp, count * itemsize, what))
-            yield np.frombuffer(b"".join(columns), dtype=header.dtype).reshape(num_features, count).T
-
-    return blocks
-
-
-def _check_npy_array(label: str, header: _NpyHeader, data_bytes: int, how_to_save: str) -> None:
-    """Dtype, shape, and a declared size that the bytes present can hold."""
-    _check_numpy_dtype(label, header.dtype, how_to_save)
-    _check_shape(label, header.shape, how_to_save)
-    if data_bytes < header.nbytes:
+    Rows in C order are read a block at a time; a column-major (Fortran order) array has its rows scattered
+    through the stream, so it is read whole, if it fits within ``limit``.
+    """
+    header = _read_npy_header(fp, label)
+    _check_numpy_dtype(label, header.dtype, how)
+    _check_shape(label, header.shape, how)
+    (num_samples, num_features), dtype = header.shape, header.dtype
+    if size - header.data_offset < header.nbytes:
         raise CliError(
-            f"{label} declares a {_shape_text(header.shape)} {header.dtype} array ({_size_text(header.nbytes)}) but"
-            f" holds {_size_text(max(data_bytes, 0))} of data; it is truncated or corrupt, save it again with"
-            f" {how_to_save}."
+            f"{label} declares a {_shape_text(header.shape)} {dtype} array ({_size_text(header.nbytes)}) but holds"
+            f" {_size_text(max(size - header.data_offset, 0))} of data; it is truncated or corrupt, save it again"
+            f" with {how}."
         )
+    if header.fortran_order:
+        if header.nbytes > limit:
+            raise _over_limit(f"{label}, in Fortran (column) order, is read whole and", header.nbytes, limit)
+        whole = np.frombuffer(_read_exactly(fp, header.nbytes, label), dtype).reshape(num_features, num_samples).T
+
+    def blocks(rows: int) -> Iterator[Block]:
+        for start in range(0, num_samples, rows):
+            count = min(rows, num_samples - start)
+            if header.fortran_order:
+                yield whole[start : start + count]
+            else:
+                data = _read_exactly(fp, count * num_features * dtype.itemsize, label)
+                yield np.frombuffer(data, dtype).reshape(count, num_features)
+
+    resident = header.nbytes if header.fortran_order else 0
+    return Embeddings(label, key, (num_samples, num_features), blocks, resident_bytes=resident)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -445,18 +432,14 @@ def _check_npy_array(label: str, header: _NpyHeader, data_bytes: int, how_to_sav
 
 
 def _open_npy(path: Path, key: str | None, stack: ExitStack, max_memory: int) -> Embeddings:
-    """A ``.npy`` file, read in row blocks straight from the file (never mapped or loaded whole)."""
+    """A ``.npy`` file, read in row blocks straight from the file (never memory-mapped)."""
     kind = _sniff(path)
     if kind != "npy":
         raise CliError(f"{_readable(path)} is not a NumPy .npy file: {_RENAME_HINTS[kind]}.")
     if key is not None:
         raise _key_not_applicable(path, "a single array")
-    label = _readable(path)
     fp = stack.enter_context(path.open("rb"))
-    header = _read_npy_header(fp, label)
-    _check_npy_array(label, header, path.stat().st_size - header.data_offset, "np.save")
-    blocks = _column_rows(fp, header, label) if header.fortran_order else _stream_rows(fp, header, label)
-    return Embeddings(label, None, (header.shape[0], header.shape[1]), blocks)
+    return _npy_embeddings(fp, _readable(path), None, path.stat().st_size, "np.save", max_memory)
 
 
 def _npz_error(path: Path, exc: Exception) -> CliError:
@@ -504,26 +487,7 @@ def _open_npz(path: Path, key: str | None, stack: ExitStack, max_memory: int) ->
         member = stack.enter_context(archive.open(info))
     except Exception as exc:
         raise _npz_error(path, exc) from exc
-    header = _read_npy_header(member, label)
-    _check_npy_array(label, header, info.file_size - header.data_offset, "np.savez")
-    shape = (header.shape[0], header.shape[1])
-    if not header.fortran_order:
-        return Embeddings(label, key, shape, _stream_rows(member, header, label))
-    # Column-major rows are scattered through the member, which a zip stream cannot seek cheaply: read it whole.
-    if header.nbytes > max_memory:
-        raise _over_limit(
-            f"{label} is stored in Fortran (column) order, which cannot be streamed by rows, so it",
-            header.nbytes,
-            max_memory,
-        )
-    whole = np.frombuffer(_read_exactly(member, header.nbytes, label), dtype=header.dtype)
-    rows = whole.reshape(shape[1], shape[0]).T
-
-    def blocks(count: int) -> Iterator[Block]:
-        for start in range(0, shape[0], count):
-            yield rows[start : start + count]
-
-    return Embeddings(label, key, shape, blocks, resident_bytes=header.nbytes)
+    return _npy_embeddings(member, label, key, info.file_size, "np.savez", max_memory)
 
 
 def _torch_load_error(path: Path, exc: Exception) -> CliError:

@@ -317,6 +317,17 @@ def test_full_disk_is_an_error(tmp_path: Path) -> None:
     assert_error(run, "cannot write the result", "No space left on device")
 
 
+def test_closed_stderr_never_reaches_stdout(tmp_path: Path) -> None:
+    np.save(tmp_path / "wide.npy", embeddings(5, 20))  # N < D: a warning, with nowhere to go
+    np.save(tmp_path / "flat.npy", np.ones(5, dtype=np.float32))  # an error, with nowhere to go
+    command = f"exec {sys.executable} -m rankme.cli score {{}} --json 2>&-"
+    ok = subprocess.run(["sh", "-c", command.format("wide.npy")], cwd=tmp_path, capture_output=True, check=False)
+    assert ok.returncode == 0
+    assert json.loads(ok.stdout)["rankme"] == pytest.approx(reference_rankme(embeddings(5, 20)), rel=1e-9)
+    bad = subprocess.run(["sh", "-c", command.format("flat.npy")], cwd=tmp_path, capture_output=True, check=False)
+    assert (bad.returncode, bad.stdout) == (2, b"")
+
+
 def test_ctrl_c_exits_130(tmp_path: Path) -> None:
     np.save(tmp_path / "z.npy", embeddings(200_000, 4))
     proc = subprocess.Popen(

@@ -722,7 +722,7 @@ def _report_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
         text = _one_line(str(record.message), limit=400)
         if text not in seen:
             seen.add(text)
-            print(f"rankme: warning: {text}", file=sys.stderr)
+            _say(f"rankme: warning: {text}")
 
 
 def _result_text(result: RankMeSummary, file: str, key: str | None, as_json: bool) -> str:
@@ -760,7 +760,7 @@ def _run_score(args: argparse.Namespace) -> str:
                 center=args.center,
                 chunk_size=args.chunk_size,
                 max_memory=args.max_memory,
-                progress=not args.quiet and sys.stderr.isatty(),
+                progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty(),
             )
     _report_warnings(caught)
     return _result_text(result, args.file, embeddings.key, args.json)
@@ -887,20 +887,22 @@ def _silence_stdout() -> None:
         pass
 
 
+def _say(line: str) -> None:
+    """Write ``line`` on stderr if it can be written (``2>&-`` leaves none: never fall back to stdout)."""
+    if sys.stderr is not None:
+        with suppress(OSError, ValueError):
+            print(line, file=sys.stderr, flush=True)
+
+
 def _error(message: str) -> int:
-    """Print ``rankme: error: message`` on stderr (if stderr is still writable) and return exit status 2."""
-    try:
-        print(f"rankme: error: {_one_line(message, limit=2000)}", file=sys.stderr)
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    """Say ``rankme: error: message`` on stderr and return exit status 2."""
+    _say(f"rankme: error: {_one_line(message, limit=2000)}")
     return EXIT_ERROR
 
 
 def _interrupted() -> int:
-    """Say so on stderr (if it is still writable) and return exit status 130, as a shell does for Ctrl-C."""
-    with suppress(OSError, ValueError):
-        print("rankme: interrupted", file=sys.stderr)
+    """Say so on stderr and return exit status 130, as a shell does for Ctrl-C."""
+    _say("rankme: interrupted")
     return EXIT_INTERRUPTED
 
 

@@ -238,6 +238,14 @@ def test_tensor_without_plain_values(tmp_path: Path, kind: str) -> None:
     assert_error(rankme_cli("score", "z.pt", "--key", "z", cwd=tmp_path), "z.pt (key 'z')", ODD_TENSORS[kind])
 
 
+def test_broadcast_view_declaring_a_billion_rows(tmp_path: Path) -> None:
+    torch.save(torch.zeros(1).expand(10**9, 64), tmp_path / "z.pt")  # 1.5 kB on disk, 256 GB as rows
+    assert (tmp_path / "z.pt").stat().st_size < 10_000
+    run = rankme_cli("score", "z.pt", cwd=tmp_path)
+    assert_error(run, "1000000000x64 view of only 4 bytes", "z.contiguous()")
+    assert run.peak_rss < GIB // 2
+
+
 def test_meta_tensor_alone(tmp_path: Path) -> None:
     torch.save(torch.empty(100, 8, device="meta"), tmp_path / "z.pt")
     assert_error(rankme_cli("score", "z.pt", cwd=tmp_path), "meta device", "torch.save(z.detach().cpu(), path)")

@@ -258,6 +258,12 @@ def _check_tensor(label: str, tensor: Tensor) -> None:
             " or indices saved by mistake. If they really are embeddings, save them with torch.save(z.float(), path)."
         )
     _check_shape(label, tuple(tensor.shape), "torch.save")
+    stored = tensor.untyped_storage().nbytes()
+    if tensor.numel() * tensor.element_size() > stored:  # z.expand(...): rows that are not in the file
+        raise CliError(
+            f"{label} is a {_shape_text(tensor.shape)} view of only {_size_text(stored)} of values (a broadcast such"
+            " as z.expand(...)); rankme scores the rows a file holds: save torch.save(z.contiguous(), path)."
+        )
 
 
 def _describe_tensor(value: Any) -> str:

@@ -785,3 +785,16 @@ def test_only_rankme_warnings_are_forwarded(tmp_path: Path, capsys: pytest.Captu
     assert not [w for w in leaked if issubclass(w.category, RankMeWarning)]  # printed, not leaked
     assert err.count("\n") == 1
     assert err.startswith("rankme: warning: RankMe is computed on N=5 samples of D=20 features")
+
+
+def test_an_unforeseen_failure_is_still_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: whatever escapes every check still gives one line and status 2, never a traceback."""
+
+    def broken(block: Any) -> torch.Tensor:
+        raise TypeError("something no check foresaw")
+
+    monkeypatch.setattr(cli, "_float64_rows", broken)
+    np.save(tmp_path / "z.npy", embeddings())
+    assert_one_line_error(run(capsys, "score", tmp_path / "z.npy"), "TypeError: something no check foresaw", "bug")

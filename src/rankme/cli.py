@@ -939,6 +939,8 @@ def main(argv: list[str] | None = None) -> int:
         return _error(str(exc))
     except MemoryError:
         return _error("out of memory; lower --max-memory or --chunk-size, or free memory on this machine.")
+    except Exception as exc:  # a case no check foresaw: still one line and status 2, never a traceback
+        return _error(f"unexpected {_exception_detail(exc)} while scoring; please report it as a rankme bug.")
     except KeyboardInterrupt:
         return _interrupted()
     try:

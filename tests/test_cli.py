@@ -16,22 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import reference_rankme
 
-from rankme import RankMe, RankMeWarning, cli
+from rankme import RankMe, RankMeSummary, RankMeWarning, cli
+from rankme.functional import _check_eps, _check_int
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------
-
-
-def reference_rankme(z: Any, eps: float = 1e-7, center: bool = False) -> float:
-    """The paper's formula, independently: float64 NumPy SVD, p_k = s_k / sum(s) + eps, exp(-sum p log p)."""
-    z64 = np.asarray(z, dtype=np.float64)
-    if center:
-        z64 = z64 - z64.mean(axis=0, keepdims=True)
-    s = np.linalg.svd(z64, compute_uv=False)
-    p = s / s.sum() + eps
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def embeddings(n: int = 64, d: int = 16, seed: int = 0, offset: float = 0.0) -> np.ndarray:
@@ -223,25 +215,11 @@ def update_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
-def test_npy_is_memory_mapped_and_streamed(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, update_sizes: list[int]
-) -> None:
-    loads: list[tuple[dict[str, Any], Any]] = []
-    original_load = np.load
-
-    def spy_load(*args: Any, **kwargs: Any) -> Any:
-        result = original_load(*args, **kwargs)
-        loads.append((kwargs, result))
-        return result
-
-    monkeypatch.setattr(np, "load", spy_load)
+def test_npy_is_streamed_in_chunks(tmp_path: Path, capsys: pytest.CaptureFixture[str], update_sizes: list[int]) -> None:
     z = embeddings(10_000, 6)  # more rows than the default chunk of 4096
     np.save(tmp_path / "big.npy", z)
     record = run_json(capsys, tmp_path / "big.npy")
     assert update_sizes == [4096, 4096, 10_000 - 2 * 4096]
-    assert len(loads) == 1
-    assert loads[0][0] == {"mmap_mode": "r", "allow_pickle": False}
-    assert isinstance(loads[0][1], np.memmap)
     assert record["n"] == 10_000
     assert record["rankme"] == pytest.approx(reference_rankme(z), rel=1e-9)
 
@@ -729,3 +707,94 @@ def test_console_script_refuses_hostile_file(tmp_path: Path) -> None:
     assert proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("rankme: error: ")
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command line reuses the library
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "library_call"),
+    [
+        ("--eps", "-1", lambda: _check_eps(-1.0)),
+        ("--eps", "inf", lambda: _check_eps(float("inf"))),
+        ("--eps", "x", lambda: _check_eps("x")),  # type: ignore[arg-type]
+        ("--chunk-size", "0", lambda: _check_int("chunk_size", 0, 1)),
+        ("--chunk-size", "2.5", lambda: _check_int("chunk_size", "2.5", 1)),
+    ],
+)
+def test_argument_errors_are_the_library_messages(
+    capsys: pytest.CaptureFixture[str], option: str, value: str, library_call: Any
+) -> None:
+    with pytest.raises(ValueError, match="Expected argument") as raised:
+        library_call()
+    code, out, err = run(capsys, "score", "z.npy", option, value)
+    assert code == 2
+    assert out == ""
+    assert err.splitlines()[-1] == f"rankme score: error: argument {option}: {raised.value}"
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("512MiB", 512 * 2**20), ("4GiB", 4 * 2**30), ("2G", 2 * 10**9), ("1e9", 10**9)]
+)
+def test_max_memory_sizes(capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, size: int) -> None:
+    np.save(tmp_path / "z.npy", embeddings(2000, 100))  # gram state: 3 x 100 x 100 float64 = 240 kB
+    assert cli.build_parser().parse_args(["score", "z.npy", "--max-memory", text]).max_memory == size
+    assert run_json(capsys, tmp_path / "z.npy", "--max-memory", text)["n"] == 2000
+
+
+@pytest.mark.parametrize("text", ["0", "lots", "-5MiB", "4 parsecs"])
+def test_max_memory_bad_sizes(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    code, _, err = run(capsys, "score", "z.npy", f"--max-memory={text}")
+    assert code == 2
+    assert "argument --max-memory: Expected argument `max_memory` to be an int >= 1 bytes" in err
+
+
+def test_chunks_shrink_to_fit_the_memory_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], update_sizes: list[int]
+) -> None:
+    z = embeddings(1000, 200)  # gram state 3 x 200^2 x 8 = 960,000 bytes; a row costs 3 x 200 x 8 = 4,800
+    np.save(tmp_path / "z.npy", z)
+    record = run_json(capsys, tmp_path / "z.npy", "--max-memory", str(960_000 + 4_800 * 100))
+    assert max(update_sizes) == 100
+    assert sum(update_sizes) == 1000
+    assert record["rankme"] == pytest.approx(reference_rankme(z), rel=1e-9)
+
+
+def test_score_returns_the_library_summary(tmp_path: Path) -> None:
+    z = embeddings(70, 9)
+    np.save(tmp_path / "z.npy", z)
+    with cli.open_embeddings(tmp_path / "z.npy") as opened:
+        summary = cli.score(opened, chunk_size=16)
+    assert isinstance(summary, RankMeSummary)
+    assert summary.value.dtype == torch.float64  # the metric's own value is rounded to float32
+    assert float(summary.value) == pytest.approx(reference_rankme(z), rel=1e-12)
+    assert (summary.num_samples, summary.num_features) == (70, 9)
+    assert summary.normalized == pytest.approx(reference_rankme(z) / 9, rel=1e-12)
+    np.testing.assert_allclose(summary.singular_values, np.linalg.svd(z.astype(np.float64), compute_uv=False))
+
+
+def test_only_rankme_warnings_are_forwarded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    z = torch.from_numpy(embeddings(5, 20))  # N < D: RankMe warns; torch warns about the legacy format (once)
+    torch.save(z, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    with warnings.catch_warnings(record=True) as leaked:
+        warnings.simplefilter("always")
+        code, _, err = run(capsys, "score", tmp_path / "old.pt", "--json")
+    assert code == 0
+    assert not [w for w in leaked if issubclass(w.category, RankMeWarning)]  # printed, not leaked
+    assert err.count("\n") == 1
+    assert err.startswith("rankme: warning: RankMe is computed on N=5 samples of D=20 features")
+
+
+def test_an_unforeseen_failure_is_still_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: whatever escapes every check still gives one line and status 2, never a traceback."""
+
+    def broken(block: Any) -> torch.Tensor:
+        raise TypeError("something no check foresaw")
+
+    monkeypatch.setattr(cli, "_float64_rows", broken)
+    np.save(tmp_path / "z.npy", embeddings())
+    assert_one_line_error(run(capsys, "score", tmp_path / "z.npy"), "TypeError: something no check foresaw", "bug")

@@ -792,9 +792,9 @@ def test_an_unforeseen_failure_is_still_one_line(
 ) -> None:
     """Fault injection: whatever escapes every check still gives one line and status 2, never a traceback."""
 
-    def broken(block: Any) -> torch.Tensor:
+    def broken(self: RankMe, z: torch.Tensor) -> None:
         raise TypeError("something no check foresaw")
 
-    monkeypatch.setattr(cli, "_float64_rows", broken)
+    monkeypatch.setattr(RankMe, "update", broken)
     np.save(tmp_path / "z.npy", embeddings())
     assert_one_line_error(run(capsys, "score", tmp_path / "z.npy"), "TypeError: something no check foresaw", "bug")

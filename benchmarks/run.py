@@ -2,9 +2,9 @@
 
 Sections (all measured side by side in one run, ratios from that run):
 
-1. issue 2: N=25600, D=2048, batches of 512: the metric ("gram") against the usual approach (stack all batches,
+1. streaming at N=25600, D=2048, batches of 512: the metric ("gram") against the usual approach (stack all batches,
    float32 ``torch.linalg.svdvals``, the paper's formula): epoch-end latency and whole cost;
-2. issue 5: N x D grid, "gram", "embeddings" and the usual approach: update cost, epoch-end latency, whole cost,
+2. the N x D grid: "gram", "embeddings" and the usual approach: update cost, epoch-end latency, whole cost,
    peak memory, state and bytes per sync, and how each grows with N and D;
 3. closeness to the limit: the update's FLOP rate against float64 ``torch.mm`` measured in the same run; the shipped
    lower-triangle update against the full product of the same batch, and a block-size sweep (where symmetry pays);
@@ -24,7 +24,7 @@ torchmetrics and numpy are there; one command may run 10 minutes), from the repo
 each writing its own part:
 
     PYTHONPATH=src PYTHONUNBUFFERED=1 python3 benchmarks/run.py --device cuda \
-        --only limits issue2 precision callback --markdown $OUT/cuda-1.md
+        --only limits streaming precision callback --markdown $OUT/cuda-1.md
     ... --only grid --markdown $OUT/cuda-2.md
     ... --only paper --markdown $OUT/cuda-3.md
 """
@@ -69,14 +69,14 @@ ROUTES = ("gram", "embeddings", "usual")
 DEFAULT_MARKDOWN = ROOT / "docs" / "benchmarks.md"
 DEFAULT_MARKDOWN_CUDA = ROOT / "docs" / "benchmarks-cuda.md"
 PAPER_SIZE = (25600, 8192)
-SECTIONS = ("limits", "issue2", "grid", "precision", "callback", "paper")
+SECTIONS = ("limits", "streaming", "grid", "precision", "callback", "paper")
 
 
 @dataclass
 class Preset:
     name: str
-    issue2: tuple[int, int]
-    issue2_repeats: int
+    streaming: tuple[int, int]
+    streaming_repeats: int
     grid_n: Sequence[int]
     grid_d: Sequence[int]
     skip: dict[tuple[int, int], tuple[Sequence[str], str]]
@@ -106,8 +106,8 @@ _SLOW_SVD = (
 PRESETS = {
     "quick": Preset(
         name="quick",
-        issue2=(2048, 256),
-        issue2_repeats=1,
+        streaming=(2048, 256),
+        streaming_repeats=1,
         grid_n=(1024, 2048),
         grid_d=(64, 256),
         skip={},
@@ -127,8 +127,8 @@ PRESETS = {
     ),
     "default": Preset(
         name="default",
-        issue2=(25600, 2048),
-        issue2_repeats=3,
+        streaming=(25600, 2048),
+        streaming_repeats=3,
         grid_n=(4096, 25600, 102400),
         grid_d=(256, 1024, 2048, 4096),
         skip={(102400, 4096): (ROUTES, _SLOW_SVD)},
@@ -227,7 +227,7 @@ class Report:
         if self.machine.accelerator:
             out += [
                 "",
-                "On an accelerator: the targets below are the issue's, set for the 2-core CPU; they are evaluated here"
+                "On an accelerator: the targets below were set for the 2-core CPU; they are evaluated here"
                 " for comparison only.",
             ]
         out += ["", "## Targets met / missed", "", self.targets_table().markdown(level=3).split("\n", 2)[2], ""]
@@ -496,17 +496,17 @@ def routes_table(title: str, results: dict[str, RouteResult], extra: dict[str, C
     return table
 
 
-def section_issue2(report: Report, preset: Preset) -> dict[str, object]:
+def section_streaming(report: Report, preset: Preset) -> dict[str, object]:
     from metric_bench import run_cell
 
-    n, d = preset.issue2
-    print(f"\n[1] issue 2: N={n}, D={d}, batches of 512, gram vs the usual approach", flush=True)
+    n, d = preset.streaming
+    print(f"\n[1] streaming: N={n}, D={d}, batches of 512, gram vs the usual approach", flush=True)
     results = run_cell(
-        n, d, ("gram", "usual", "embeddings"), max_repeats=preset.issue2_repeats, repeat_budget_s=float("inf")
+        n, d, ("gram", "usual", "embeddings"), max_repeats=preset.streaming_repeats, repeat_budget_s=float("inf")
     )
     usual = results["usual"]
     table = routes_table(
-        f"Issue 2: N={n}, D={d}, batches of 512 (median of {results['gram'].repeats})",
+        f"Streaming vs stack + float32 svdvals: N={n}, D={d}, batches of 512 (median of {results['gram'].repeats})",
         results,
         {"value": lambda r: f"{r.value:.4f}"},
     )
@@ -521,13 +521,13 @@ def section_issue2(report: Report, preset: Preset) -> dict[str, object]:
     latency_ratio = usual.latency_s / r.latency_s
     whole_ratio = r.whole_s / usual.whole_s
     report.target(
-        f"issue 2: epoch-end latency >= 3x lower ({n}x{d})",
+        f"epoch-end latency >= 3x lower than stack + svdvals ({n}x{d})",
         f"{latency_ratio:.2f}x ({fmt_seconds(r.latency_s)} vs {fmt_seconds(usual.latency_s)})",
         latency_ratio >= 3 if real else None,
         "" if latency_ratio >= 3 else f"short by {3 / latency_ratio:.2f}x: the latency is one eigvalsh of D x D",
     )
     report.target(
-        f"issue 2: whole cost <= 1.1x the usual approach ({n}x{d})",
+        f"whole cost <= 1.1x the usual approach ({n}x{d})",
         f"{whole_ratio:.2f}x ({fmt_seconds(r.whole_s)} vs {fmt_seconds(usual.whole_s)})",
         whole_ratio <= 1.1 if real else None,
         ""
@@ -540,7 +540,7 @@ def section_issue2(report: Report, preset: Preset) -> dict[str, object]:
 def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], dict]) -> dict:
     from metric_bench import loglog_slope, run_cell, sync_bytes_formula
 
-    print("\n[2] issue 5: the N x D grid", flush=True)
+    print("\n[2] the N x D grid", flush=True)
     grid: dict[tuple[int, int], dict] = {}
     skipped: list[str] = []
     for n in preset.grid_n:
@@ -560,11 +560,11 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
 
     routes_all = ROUTES
     table = Table(
-        "Issue 5: time per epoch (updates / epoch-end latency / whole cost), batches of 512",
+        "N x D grid: time per epoch (updates / epoch-end latency / whole cost), batches of 512",
         ["N", "D", *[ROUTE_LABELS[r] for r in routes_all], "reps"],
     )
     ratios = Table(
-        "Issue 5: ratios from the same runs (latency: usual / route, > 1 favours the route; whole: route / usual,"
+        "N x D grid: ratios from the same runs (latency: usual / route, > 1 favours the route; whole: route / usual,"
         " < 1 favours the route)",
         [
             "N",
@@ -603,7 +603,7 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
     report.add(ratios)
 
     mem = Table(
-        "Issue 5: memory (state held, peak "
+        "N x D grid: memory (state held, peak "
         + ("device memory" if on_accelerator() else "heap growth")
         + " during the epoch) and bytes sent per sync",
         [
@@ -665,7 +665,7 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
     )
 
     growth = Table(
-        "Issue 5: growth exponents (log-log slope: cost ~ N^a at fixed D, ~ D^b at fixed N)",
+        "N x D grid: growth exponents (log-log slope: cost ~ N^a at fixed D, ~ D^b at fixed N)",
         ["route", "quantity", *[f"a (D={d})" for d in preset.grid_d], *[f"b (N={n})" for n in preset.grid_n]],
     )
     for route in ROUTES:
@@ -698,11 +698,11 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
         res = grid.get((n, d))
         if not res or "gram" not in res or "usual" not in res:
             if real:
-                report.target(f"issue 5: latency >= {need:.0f}x lower at {n}x{d}", "not measured", None, "")
+                report.target(f"epoch-end latency >= {need:.0f}x lower at {n}x{d}", "not measured", None, "")
             continue
         ratio = res["usual"].latency_s / res["gram"].latency_s
         report.target(
-            f"issue 5: epoch-end latency >= {need:.0f}x lower at {n}x{d}",
+            f"epoch-end latency >= {need:.0f}x lower at {n}x{d}",
             f"{ratio:.1f}x ({fmt_seconds(res['gram'].latency_s)} vs {fmt_seconds(res['usual'].latency_s)})",
             ratio >= need if real else None,
             ""
@@ -715,7 +715,7 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
     over = [f"{n}x{d}: {r:.2f}x" for (n, d), r in whole.items() if r > 1]
     worst = max(whole.items(), key=lambda item: item[1]) if whole else None
     report.target(
-        "issue 5: whole cost no more than the usual approach's (every grid cell)",
+        "whole cost no more than the usual approach's (every grid cell)",
         "; ".join(
             [f"{n}x{d}: {whole[(n, d)]:.2f}x" for n, d in key_cells]
             + ([f"worst {worst[0][0]}x{worst[0][1]}: {worst[1]:.2f}x"] if worst else [])
@@ -766,7 +766,7 @@ def section_few_rows(report: Report, preset: Preset) -> None:
         )
         (gram_loses if res["gram"].whole_s > res["embeddings"].whole_s else gram_wins).append(f"{n}x{d}")
     table.notes.append(
-        "outside the issue's grid (N >= 4096 there); one run each. The gram route's epoch end is one eigvalsh of"
+        "outside the grid (N >= 4096 there); one run each. The gram route's epoch end is one eigvalsh of"
         " D x D whatever N is, while an SVD of N x D rows costs about N^2 D: the fewer the rows, the cheaper the"
         " SVD"
     )
@@ -1102,9 +1102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "limits" in sections:
         section_limits(report, preset)
     reuse: dict[tuple[int, int], dict] = {}
-    if "issue2" in sections:
-        issue2 = section_issue2(report, preset)
-        reuse[preset.issue2] = issue2["results"]  # type: ignore[assignment]
+    if "streaming" in sections:
+        streaming = section_streaming(report, preset)
+        reuse[preset.streaming] = streaming["results"]  # type: ignore[assignment]
     grid = section_grid(report, preset, reuse) if "grid" in sections else {}
     if grid:
         explain_grid(report, grid)
@@ -1117,8 +1117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "paper" in sections:
         section_paper(report, preset)
 
-    if preset.profile and "issue2" in sections:  # profiles of section 1's cell, once per set of runs
-        n, d = preset.issue2
+    if preset.profile and "streaming" in sections:  # profiles of section 1's cell, once per set of runs
+        n, d = preset.streaming
         print("\nprofiling one gram epoch and one usual compute ...", flush=True)
         report.profiles.append((f"torch.profiler: one gram epoch, N={n}, D={d}", profile_gram_epoch(n, d)))
         report.profiles.append((f"torch.profiler: the usual approach's compute, N={n}, D={d}", profile_usual(n, d)))

@@ -7,13 +7,23 @@ singular values (an SVD of the stacked rows, or the eigenvalues of a streamed Gr
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 DEFAULT_EPS = 1e-7
+# Warnings point past frames in these packages, at the user's line: rankme's own, torch's (Module.__call__) and
+# torchmetrics' (the wrappers around update and compute).
+_INTERNAL_DIRS = tuple(
+    str(Path(spec.origin).parent)
+    for spec in map(importlib.util.find_spec, ("rankme", "torch", "torchmetrics"))
+    if spec is not None and spec.origin is not None
+)
 MAX_EPS = 1e-2
 """The largest ``eps`` accepted. The value never falls below ``(1 + eps) ** -(1 + eps)``, about ``1 - eps``, instead
 of RankMe's floor of 1 (the rank-one value), and ``eps`` lifts every other ``p_k``: above 1e-2 the result is no longer
@@ -131,15 +141,19 @@ def _power_of_two_scale(abs_max: Tensor) -> Tensor:
     return torch.where(abs_max > 0, scale, 0.0)
 
 
-def _warn(message: str, once_per_job: bool = False, group: Any = None, stacklevel: int = 2) -> None:
-    """Warn with :class:`RankMeWarning`; with ``once_per_job`` only on rank 0 (of ``group``) under torch.distributed.
+def _warn(message: str, once_per_job: bool = False, group: Any = None) -> None:
+    """Warn with :class:`RankMeWarning`, pointing at the first caller outside rankme, torchmetrics and torch.
 
-    A value that every rank computes after a sync would otherwise warn once per rank.
+    With ``once_per_job`` only rank 0 (of ``group``) warns under torch.distributed: a value that every rank
+    computes after a sync would otherwise warn once per rank.
     """
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if once_per_job and distributed and torch.distributed.get_rank(group) != 0:
         return
-    warnings.warn(message, RankMeWarning, stacklevel=stacklevel + 1)
+    frame, stacklevel = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame, stacklevel = frame.f_back, stacklevel + 1
+    warnings.warn(message, RankMeWarning, stacklevel=stacklevel)
 
 
 def _warn_capped(num_samples: int, num_features: int, once_per_job: bool = False, group: Any = None) -> None:
@@ -148,7 +162,6 @@ def _warn_capped(num_samples: int, num_features: int, once_per_job: bool = False
         f" capped by N, not by D. Use at least D samples (the paper uses 25600) to compare runs.",
         once_per_job,
         group,
-        stacklevel=3,
     )
 
 
@@ -165,7 +178,7 @@ def _effective_rank(singular_values: Tensor, eps: float, once_per_job: bool = Fa
         s = s / _power_of_two_scale(s.max()).clamp(min=torch.finfo(torch.float64).tiny)
     total = s.sum()
     if total <= 0:
-        _warn("All embeddings are zero (complete collapse): RankMe is 1.0 by convention.", once_per_job, group, 3)
+        _warn("All embeddings are zero (complete collapse): RankMe is 1.0 by convention.", once_per_job, group)
         return torch.ones((), dtype=torch.float64, device=s.device)
     p = s / total + eps
     return torch.exp(-torch.special.xlogy(p, p).sum())  # xlogy: 0 log 0 = 0 when eps = 0

@@ -266,9 +266,7 @@ class RankMe(Metric):
                     f"Expected finite embeddings, but {dropped} of {z.shape[0]} rows hold NaN or infinity; nothing"
                     " from this batch was added. Pass `nan_strategy='ignore'` to drop such rows instead."
                 )
-            warnings.warn(
-                f"Dropped {dropped} of {z.shape[0]} rows holding NaN or infinity.", RankMeWarning, stacklevel=2
-            )
+            _warn(f"Dropped {dropped} of {z.shape[0]} rows holding NaN or infinity.")
             z = z[finite]
             abs_max = _abs_max(z).to(self.device)
         quota = self._local_quota()

@@ -428,7 +428,8 @@ class RankMe(Metric):
             >>> fig, ax = metric.plot(values)  # doctest: +SKIP
         """
         _pyplot()
-        return self._plot(val, ax)
+        fig, ax = self._plot(val, ax)
+        return (ax.get_figure() if fig is None else fig), ax
 
     def plot_spectrum(self, summary: RankMeSummary | None = None, ax: Any = None) -> Any:
         """Plot the singular values against their rank k on log-log axes, with RankMe, N and D in the title.

@@ -391,3 +391,105 @@ def test_merge_state_carries_the_count_of_left_out_batches(center: bool) -> None
     assert summary.non_finite_batches == 1
     assert summary.num_samples == 40
     assert math.isnan(summary.value.item())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The row buffer: small batches are gathered into one product; every reader sees the queued rows
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _uneven_batches(z: torch.Tensor, seed: int) -> list[torch.Tensor]:
+    """Batches of 1 to 1500 rows and one of 2500 (its own product), in random order."""
+    g = torch.Generator().manual_seed(seed)
+    batches, start = [], 0
+    while start < z.shape[0]:
+        size = 2500 if start == 3000 else int(torch.randint(1, 1500, (1,), generator=g))
+        batches.append(z[start : start + size])
+        start += size
+    return batches
+
+
+@pytest.mark.parametrize("config", ["gram-propagate", "gram-error", "gram-max-samples"])
+def test_buffered_products_of_uneven_batches_are_exact(config: str) -> None:
+    z = make_embeddings("relu", n=9000, d=320, seed=5)
+    metric = fed(RankMe(**CONFIGS[config]), _uneven_batches(z, seed=1))
+    assert metric.summary().num_samples == 9000
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+    reference = reference_singular_values(z)
+    spectrum = metric.summary().singular_values.numpy()
+    np.testing.assert_allclose(spectrum, reference, rtol=1e-6, atol=1e-7 * reference[0])
+
+
+def test_bad_and_huge_batches_inside_a_partly_filled_buffer() -> None:
+    z = make_embeddings("gaussian", n=3000, d=300, seed=6)
+    batches = [z[:700], torch.full((50, 300), math.nan), z[700:1400] * 2.0**600, z[1400:3000]]
+    metric = fed(RankMe(nan_strategy="propagate"), batches)
+    assert metric.summary().non_finite_batches == 1
+    metric.reset()
+    fed(metric, [batches[0], batches[2], batches[3]])
+    rows = torch.cat([z[:700] * 2.0**-600, z[700:1400], z[1400:] * 2.0**-600])
+    assert value_of(metric) == pytest.approx(reference_rankme(rows), rel=1e-6)
+
+
+@pytest.mark.parametrize("block", [None, 64, 75, 100, 299, 1000])
+def test_every_block_size_gives_the_full_products_eigenvalues(block: int | None) -> None:
+    from rankme.metric import _add_gram_
+
+    z = make_embeddings("low_rank", n=500, d=300, seed=7)
+    gram = torch.zeros(300, 300, dtype=torch.float64)
+    for chunk in z.split(170):
+        _add_gram_(gram, chunk.clone(), block=block)
+    np.testing.assert_allclose(
+        torch.linalg.eigvalsh(gram).numpy(), torch.linalg.eigvalsh(z.T @ z).numpy(), rtol=1e-9, atol=1e-9
+    )
+
+
+def test_the_block_size_is_chosen_from_timed_products_and_kept() -> None:
+    from rankme.metric import _BUFFER_ROWS, _TUNER
+
+    d = 352  # a D no other test uses: candidates are the full product and blocks of 88
+    z = make_embeddings("gaussian", n=_BUFFER_ROWS * 6, d=d, seed=8)
+    metric = fed(RankMe(), list(z.split(256)))
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+    key = ("cpu", d)
+    assert _TUNER.choice[key] in (None, 88)
+    assert {block: len(times) for block, times in _TUNER.timings[key].items()} == {None: 2, 88: 2}
+
+
+@pytest.mark.parametrize("reader", ["metric_state", "state_dict", "merge_state", "to", "summary", "forward"])
+def test_every_reader_of_the_state_sees_the_queued_rows(reader: str) -> None:
+    z = make_embeddings("gaussian", n=90, d=8)
+    metric = fed(RankMe(), [z[:30], z[30:60]])  # 60 rows queued, no product yet
+    if reader == "metric_state":
+        gram = metric.metric_state["gram"]
+        torch.testing.assert_close(gram.tril(), (z[:60].T @ z[:60]).tril() / metric.scale**2)
+        fed(metric, [z[60:]])
+    elif reader == "state_dict":
+        metric.persistent(True)
+        other = RankMe()
+        other.persistent(True)
+        other.load_state_dict(metric.state_dict())
+        metric = fed(other, [z[60:]])
+    elif reader == "merge_state":
+        other = fed(RankMe(), [z[60:]])
+        metric.merge_state(other)
+    elif reader == "to":
+        metric = fed(metric.to("cpu"), [z[60:]])
+    elif reader == "summary":
+        assert metric.summary().num_samples == 60
+        fed(metric, [z[60:]])
+    else:
+        metric(z[60:])
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+
+
+def test_reset_drops_the_queued_rows_and_the_buffer_stays_fixed_in_size() -> None:
+    from rankme.metric import _BUFFER_ROWS
+
+    z = make_embeddings("gaussian", n=5000, d=16)
+    metric = fed(RankMe(), list(z.split(100)))
+    assert metric._rows is not None
+    assert metric._rows.shape == (_BUFFER_ROWS, 16)  # memory does not grow with N
+    metric.reset()
+    other = make_embeddings("low_rank", n=40, d=6)
+    assert value_of(fed(metric, [other])) == pytest.approx(reference_rankme(other), rel=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
@@ -39,29 +40,100 @@ _NAN_STRATEGIES = ("error", "ignore", "propagate")
 
 
 _TRIANGLE_MIN_FEATURES = 256
+_BUFFER_ROWS = 2048
+"""Rows gathered (float64, ``_BUFFER_ROWS * D * 8`` bytes) before one product: small batches make small GEMMs,
+which run well below the machine's float64 rate, and every product also reads and writes the D x D state."""
 
 
-def _add_gram_(gram: Tensor, z: Tensor, factor: Tensor | None = None) -> None:
-    """``gram = factor * gram + z^T z`` on and below the diagonal only, in place: about half the full product's FLOP.
+def _default_block(num_features: int) -> int | None:
+    """The block size before the machine is measured at this D: ``max(64, D // 16)``, or None (full) below 256."""
+    return None if num_features < _TRIANGLE_MIN_FEATURES else max(64, num_features // 16)
 
-    One GEMM per block row of ``max(64, D // 16)`` features, each block row multiplied by ``factor`` (a 0-dim
-    device tensor: the state's rescaling, see :class:`RankMe`) just before its product, while it is in cache. The
-    strictly-upper blocks of ``gram`` are never written: every reader of the state (``eigvalsh``, which reads the
-    lower triangle, and the sums and rank-one corrections of syncs and merges) works on the lower triangle alone.
-    Below 256 features the full product.
+
+def _add_gram_(
+    gram: Tensor,
+    rows: Tensor,
+    gram_factor: Tensor | None = None,
+    row_factor: Tensor | None = None,
+    block: int | None = 0,
+) -> None:
+    """``gram = gram_factor * gram + (row_factor * rows)^T (row_factor * rows)``, on and below the diagonal, in place.
+
+    One GEMM per block row of ``block`` features (``0``: :func:`_default_block`; ``None``: one full product), about
+    half the FLOP of the full product. Just before a block row's GEMM, its part of ``gram`` is multiplied by
+    ``gram_factor`` and its columns of ``rows`` by ``row_factor`` (0-dim device tensors: the state's rescaling, see
+    :class:`RankMe`), while they are in cache; ``rows`` is scaled in place. The strictly-upper blocks of ``gram``
+    are not kept up to date: every reader of the state (``eigvalsh``, which reads the lower triangle, and the sums
+    and rank-one corrections of syncs and merges) works on the lower triangle alone.
     """
-    d = z.shape[1]
-    if d < _TRIANGLE_MIN_FEATURES:
-        rows = gram if factor is None else gram.mul_(factor)
-        rows.addmm_(z.T, z)
+    d = rows.shape[1]
+    block = _default_block(d) if block == 0 else block
+    if block is None or block >= d:
+        if row_factor is not None:
+            rows.mul_(row_factor)
+        (gram if gram_factor is None else gram.mul_(gram_factor)).addmm_(rows.T, rows)
         return
-    block = max(64, d // 16)
     for start in range(0, d, block):
         stop = min(start + block, d)
-        rows = gram[start:stop, :stop]
-        if factor is not None:
-            rows.mul_(factor)
-        rows.addmm_(z[:, start:stop].T, z[:, :stop])
+        if row_factor is not None:
+            rows[:, start:stop].mul_(row_factor)
+        target = gram[start:stop, :stop]
+        if gram_factor is not None:
+            target.mul_(gram_factor)
+        target.addmm_(rows[:, start:stop].T, rows[:, :stop])
+
+
+class _BlockTuner:
+    """Chooses the block size of :func:`_add_gram_` per device type and D from timings of real products.
+
+    The first full-buffer products at a D each try one candidate (the full product, and blocks of D/32 to D/4
+    features, at least 64), then the two fastest once more, and the fastest is kept for the rest of the process.
+    The products are the metric's real work, so trying costs only the difference between candidates. On an
+    accelerator each timed product synchronises the device: a few times per D and process, never afterwards.
+    """
+
+    rounds_for_the_best = 2
+
+    def __init__(self) -> None:
+        self.choice: dict[tuple[str, int], int | None] = {}
+        self.timings: dict[tuple[str, int], dict[int | None, list[float]]] = {}
+
+    @staticmethod
+    def candidates(num_features: int) -> list[int | None]:
+        if num_features < _TRIANGLE_MIN_FEATURES:
+            return [None]
+        blocks = {num_features // parts for parts in (32, 16, 8, 4)}
+        return [None, *sorted(b for b in blocks if b >= 64)]
+
+    def block(self, device: torch.device, num_features: int) -> tuple[int | None, bool]:
+        """The block size to use now, and whether to time this product."""
+        key = (device.type, num_features)
+        if key in self.choice:
+            return self.choice[key], False
+        candidates = self.candidates(num_features)
+        if len(candidates) == 1:
+            self.choice[key] = candidates[0]
+            return candidates[0], False
+        timings = self.timings.setdefault(key, {c: [] for c in candidates})
+        untried = [c for c in candidates if not timings[c]]
+        if untried:
+            return untried[0], True
+        finalists = sorted(candidates, key=lambda c: min(timings[c]))[:2]
+        again = [c for c in finalists if len(timings[c]) < self.rounds_for_the_best]
+        if again:
+            return again[0], True
+        self.choice[key] = finalists[0]
+        return finalists[0], False
+
+    def default(self, device: torch.device, num_features: int) -> int | None:
+        """The block size for an untimed product: the choice once made, else :func:`_default_block`."""
+        return self.choice.get((device.type, num_features), _default_block(num_features))
+
+    def record(self, device: torch.device, num_features: int, block: int | None, seconds: float) -> None:
+        self.timings[(device.type, num_features)][block].append(seconds)
+
+
+_TUNER = _BlockTuner()
 
 
 class RankMeSummary(NamedTuple):
@@ -191,6 +263,9 @@ class RankMe(Metric):
         self.max_samples = max_samples
         self.nan_strategy = nan_strategy
         self._warned_capped = False
+        self._rows: Tensor | None = None  # rows waiting for the next product (uncentred gram mode), see _queue
+        self._rows_filled = 0
+        self._rows_abs_max = torch.zeros((), dtype=torch.float64)
 
         self.add_state("num_rows", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("non_finite_batches", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
@@ -279,8 +354,7 @@ class RankMe(Metric):
             if z.shape[0]:  # a copy: a caller reusing its buffer would rewrite the kept rows
                 self.embeddings.append(z.to(device=self.device, dtype=torch.float64, copy=True))
         elif not self.center:
-            z64, ratio = self._in_state_units(z, abs_max)
-            _add_gram_(self.gram, z64, ratio * ratio)
+            self._queue(z, abs_max)
         elif z.shape[0]:
             z64, ratio = self._in_state_units(z, abs_max)
             self.gram.mul_(ratio * ratio)
@@ -290,38 +364,92 @@ class RankMe(Metric):
             deviation_mean = deviations.mean(dim=0)
             deviations -= deviation_mean
             scatter = torch.zeros_like(self.gram)
-            _add_gram_(scatter, deviations)
+            _add_gram_(scatter, deviations, block=_TUNER.default(self.device, z.shape[1]))
             self._merge_centred(z.shape[0], z64[0] + deviation_mean, scatter)
         self.num_rows += z.shape[0]
 
     def _update_on_device(self, z: Tensor, abs_max: Tensor) -> None:
         """The default configuration's update, with nothing read back to the host.
 
-        A batch holding NaN or infinity adds zero rows and zero to the Gram matrix and leaves the scale alone; the
+        A batch holding NaN or infinity is queued as zeros and leaves the scale alone; it adds no rows, and the
         count of such batches stays a device tensor until :meth:`summary`.
         """
         finite = torch.isfinite(abs_max)
         self._size_states(z.shape[1])
-        z64, ratio = self._in_state_units(z, abs_max, finite)
-        _add_gram_(self.gram, z64, ratio * ratio)
+        self._queue(z, abs_max, finite)
         self.num_rows += finite * z.shape[0]
         self.non_finite_batches += ~finite
 
-    def _in_state_units(self, z: Tensor, abs_max: Tensor, finite: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Raise ``scale`` to cover a batch; the batch in the new units (float64), and the old scale over the new.
+    def _queue(self, z: Tensor, abs_max: Tensor, finite: Tensor | None = None) -> None:
+        """Add a batch to the uncentred Gram matrix, through a float64 buffer of ``_BUFFER_ROWS`` rows.
 
-        The caller multiplies the states by the returned ratio (``gram`` by its square). Both scales are powers of
-        two, so every step is exact. With ``finite`` (a 0-dim bool tensor) a non-finite batch leaves the scale
-        as it is and comes back as zeros.
+        Small batches are cast into the buffer (one pass) and multiplied in one product when it is full, or when
+        the state is read (:meth:`_flush`); a batch of at least ``_BUFFER_ROWS`` rows is its own product. With
+        ``finite`` (a 0-dim bool tensor), a non-finite batch is written as zeros. Nothing is read back to the host:
+        sizes are known from shapes, and the running ``max |z|`` stays on the device.
         """
-        batch_scale = _power_of_two_scale(abs_max)
+        n = z.shape[0]
+        if n == 0:
+            return
         if finite is not None:
-            batch_scale = torch.where(finite, batch_scale, 0.0)
-        scale = torch.maximum(self.scale, batch_scale)
+            abs_max = torch.where(finite, abs_max, 0.0)
+        if n >= _BUFFER_ROWS:
+            self._flush()
+            rows = z.to(device=self.device, dtype=torch.float64, copy=True)  # scaled in place by the product
+            if finite is not None:
+                rows.masked_fill_(~finite, 0.0)
+            self._fold(rows, abs_max, timed=False)
+            return
+        if self._rows_filled + n > _BUFFER_ROWS:
+            self._flush()
+        if self._rows is None:
+            self._rows = torch.empty(_BUFFER_ROWS, z.shape[1], dtype=torch.float64, device=self.device)
+            self._rows_abs_max = torch.zeros((), dtype=torch.float64, device=self.device)
+        slot = self._rows[self._rows_filled : self._rows_filled + n]
+        slot.copy_(z)
+        if finite is not None:
+            slot.masked_fill_(~finite, 0.0)
+        self._rows_abs_max = torch.maximum(self._rows_abs_max, abs_max)
+        self._rows_filled += n
+
+    def _flush(self) -> None:
+        """Multiply the queued rows into the Gram matrix: before anything reads, syncs, merges or saves the state."""
+        if not self._rows_filled or self._rows is None:
+            return
+        rows = self._rows[: self._rows_filled]
+        self._fold(rows, self._rows_abs_max, timed=self._rows_filled == _BUFFER_ROWS)
+        self._rows_filled = 0
+        self._rows_abs_max = torch.zeros_like(self._rows_abs_max)
+
+    def _fold(self, rows: Tensor, abs_max: Tensor, timed: bool) -> None:
+        """``gram += rows^T rows`` in units of a ``scale`` raised to cover ``abs_max`` (see "Any magnitude").
+
+        Both scales are powers of two, so rescaling the state and the rows is exact; both are folded into the
+        blocked product, one block row at a time. ``timed`` products of a full buffer let the tuner choose the block.
+        """
+        scale = torch.maximum(self.scale, _power_of_two_scale(abs_max))
+        ratio = torch.where(scale > 0, self.scale / scale, 1.0)
+        inverse = torch.where(scale > 0, 1 / scale, 0.0)
+        d = rows.shape[1]
+        block, measure = _TUNER.block(self.device, d) if timed else (_TUNER.default(self.device, d), False)
+        if measure and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        _add_gram_(self.gram, rows, ratio * ratio, inverse, block=block)
+        if measure:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            _TUNER.record(self.device, d, block, time.perf_counter() - start)
+        self.scale = scale
+
+    def _in_state_units(self, z: Tensor, abs_max: Tensor) -> tuple[Tensor, Tensor]:
+        """Centred mode: raise ``scale`` to cover a batch; the batch in the new units (float64), and old / new scale.
+
+        The caller multiplies ``mean`` by the ratio and ``gram`` by its square; both scales are powers of two.
+        """
+        scale = torch.maximum(self.scale, _power_of_two_scale(abs_max))
         ratio = torch.where(scale > 0, self.scale / scale, 1.0)
         z64 = z.to(device=self.device, dtype=torch.float64) * torch.where(scale > 0, 1 / scale, 0.0)
-        if finite is not None:
-            z64.masked_fill_(~finite, 0.0)
         self.scale = scale
         return z64, ratio
 
@@ -354,6 +482,7 @@ class RankMe(Metric):
 
     def _local_summary(self) -> RankMeSummary:
         """The summary of whatever state this process holds now (synchronised or not)."""
+        self._flush()
         num_samples = int(self.num_rows)
         num_features = self.num_features
         non_finite_batches = int(self.non_finite_batches)
@@ -464,6 +593,26 @@ class RankMe(Metric):
         ax.grid(True, which="both", alpha=0.3)
         return fig, ax
 
+    @property
+    def metric_state(self) -> dict[str, Any]:
+        """The states, with any queued rows multiplied in first."""
+        self._flush()
+        return super().metric_state
+
+    def sync(self, *args: Any, **kwargs: Any) -> None:
+        """Multiply any queued rows into the state before torchmetrics caches it and syncs (see ``Metric.sync``)."""
+        self._flush()
+        super().sync(*args, **kwargs)
+
+    def reset(self) -> None:
+        """Forget every row, the queued ones included, and D."""
+        super().reset()
+        self._rows, self._rows_filled = None, 0
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        self._flush()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
         """Add another RankMe's rows to this one's, as if they had been fed here (see "Merging" above).
 
@@ -484,6 +633,7 @@ class RankMe(Metric):
                 f"Expected the states of a RankMe(mode={self.mode!r}, center={self.center}), {sorted(self._defaults)},"
                 f" but got {sorted(incoming_state)}. Merge metrics of the same `mode` and `center`."
             )
+        self._flush()
         super().merge_state(incoming_state)
 
     def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None) -> None:
@@ -529,6 +679,9 @@ class RankMe(Metric):
         ``.to(dtype)`` and ``set_dtype`` would otherwise cast them, losing the exactness and breaking ``"gram"``
         updates; Lightning's ``"*-true"`` precisions call ``.to(dtype)`` on every submodule.
         """
+        if getattr(self, "_rows_filled", 0):  # queued rows join the state before it moves
+            self._flush()
+        self._rows = None
 
         def keep_dtype(tensor: Tensor) -> Tensor:
             moved = fn(tensor)

@@ -431,8 +431,8 @@ def test_bad_and_huge_batches_inside_a_partly_filled_buffer() -> None:
     assert value_of(metric) == pytest.approx(reference_rankme(rows), rel=1e-6)
 
 
-@pytest.mark.parametrize("block", [None, 64, 75, 100, 299, 1000])
-def test_every_block_size_gives_the_full_products_eigenvalues(block: int | None) -> None:
+@pytest.mark.parametrize("block", [None, 37, 64, 75, 100, 299, 1000])
+def test_every_leaf_size_gives_the_full_products_eigenvalues(block: int | None) -> None:
     from rankme.metric import _add_gram_
 
     z = make_embeddings("low_rank", n=500, d=300, seed=7)
@@ -444,16 +444,23 @@ def test_every_block_size_gives_the_full_products_eigenvalues(block: int | None)
     )
 
 
-def test_the_block_size_is_chosen_from_timed_products_and_kept() -> None:
+def test_the_leaf_size_is_chosen_from_timed_products_and_kept() -> None:
     from rankme.metric import _BUFFER_ROWS, _TUNER
 
-    d = 352  # a D no other test uses: candidates are the full product and blocks of 88
+    d = 352  # a D no other test uses: candidates are the full product and leaves of 88 and 176
     z = make_embeddings("gaussian", n=_BUFFER_ROWS * 6, d=d, seed=8)
     metric = fed(RankMe(), list(z.split(256)))
     assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
-    key = ("cpu", d)
-    assert _TUNER.choice[key] in (None, 88)
-    assert {block: len(times) for block, times in _TUNER.timings[key].items()} == {None: 2, 88: 2}
+    timings = _TUNER.timings[("cpu", d)]
+    assert set(timings) == {None, 88, 176}
+    finalists = sorted(timings, key=lambda leaf: min(timings[leaf][:1]))[:2]
+    assert sorted(len(times) for times in timings.values()) == [1, 2, 2]  # each once, the two fastest again
+    assert all(len(timings[leaf]) == 2 for leaf in finalists)
+    chosen = _TUNER.choice[("cpu", d)]
+    assert chosen == min(finalists, key=lambda leaf: min(timings[leaf]))
+    before = {leaf: list(times) for leaf, times in timings.items()}
+    fed(metric, list(z.split(256)))  # later products use the choice and are not timed
+    assert timings == before
 
 
 @pytest.mark.parametrize("reader", ["metric_state", "state_dict", "merge_state", "to", "summary", "forward"])

@@ -93,10 +93,11 @@ def _add_gram_(
 class _BlockTuner:
     """Chooses the leaf size of :func:`_add_gram_` per device type and D from timings of real products.
 
-    The first full-buffer products at a D each try one candidate (the full product, and leaves of D/32 to D/4
-    features, at least 64), then the two fastest once more, and the fastest is kept for the rest of the process.
-    The products are the metric's real work, so trying costs only the difference between candidates. On an
-    accelerator each timed product synchronises the device: a few times per D and process, never afterwards.
+    The first full-buffer products at a D each try one candidate (the full product, and leaves of D/32 to D/2
+    features, at least 64: fewer FLOP, or fewer and larger GEMMs), then the two fastest once more, and the
+    fastest is kept for the rest of the process. The products are the metric's real work, so trying costs only
+    the difference between candidates. On an accelerator each timed product synchronises the device: a few times
+    per D and process, never afterwards.
     """
 
     rounds_for_the_best = 2
@@ -109,7 +110,7 @@ class _BlockTuner:
     def candidates(num_features: int) -> list[int | None]:
         if num_features < _TRIANGLE_MIN_FEATURES:
             return [None]
-        blocks = {num_features // parts for parts in (32, 16, 8, 4)}
+        blocks = {num_features // parts for parts in (32, 16, 8, 4, 2)}
         return [None, *sorted(b for b in blocks if b >= 64)]
 
     def block(self, device: torch.device, num_features: int) -> tuple[int | None, bool]:

@@ -21,8 +21,19 @@ import torch
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _LIBC: Any = None
 
+EPS = 1e-7
+"""The paper's smoothing constant."""
+
 DEVICE = torch.device("cpu")
 """Where the benchmarks put their tensors and metrics (``run.py --device``); set it with :func:`set_device`."""
+
+
+def rankme_of_spectrum(singular_values: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """The paper's RankMe of a vector of singular values, in float64: the benchmarks' one copy of the formula,
+    independent of the package's (``p_k = s_k / sum(s) + eps``, ``exp(-sum p_k log p_k)``)."""
+    s = singular_values.double()
+    p = s / s.sum() + eps
+    return torch.exp(-(p * p.log()).sum())
 
 
 def set_device(name: str) -> torch.device:

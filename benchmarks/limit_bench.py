@@ -1,11 +1,13 @@
 """How close the Gram update is to the machine's float64 matrix-product rate, and where symmetry pays.
 
-The update adds ``Z^T Z`` of a batch of n rows to a float64 D x D state. The limit is the float64 rate of
-``torch.mm`` measured in the same run. ``Z^T Z`` is symmetric and ``torch.linalg.eigvalsh`` reads only the lower
-triangle, so the shipped update (``rankme.metric._add_gram_``) computes only the blocks on and below the diagonal,
-one GEMM per block row of ``max(64, D // 16)`` features (about ``n * D^2 * (1 + b/D)`` FLOP instead of
-``2 * n * D^2``), and the full product below 256 features. Here it is measured against the full ``addmm_`` of the
-same batch (the update before that change) and against other block sizes (``tril_update``).
+The update adds ``Z^T Z`` of the rows to a float64 D x D state. The limit is the float64 rate of ``torch.mm``
+measured in the same run. ``RankMe.update`` casts each float32 batch into a float64 buffer of 2048 rows
+(``rankme.metric._BUFFER_ROWS``) and multiplies a full buffer in one product. ``Z^T Z`` is symmetric and
+``torch.linalg.eigvalsh`` reads only the lower triangle, so the product (``rankme.metric._add_gram_``) computes the
+lower triangle recursively: the off-diagonal block of the two halves in one GEMM, then each half's triangle the same
+way, down to diagonal squares of at most ``leaf`` features, which are full products (``1 + leaf / D`` times ``n D^2``
+FLOP instead of ``2 n D^2``). The leaf (or the full product) is chosen per D from timed products
+(``rankme.metric._TUNER``). Here it is measured against the full ``addmm_`` and against every candidate leaf.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from common import best_interleaved, median_time
 from torch import Tensor
 
 from rankme import RankMe
-from rankme.metric import _TRIANGLE_MIN_FEATURES, _add_gram_
+from rankme.metric import _BUFFER_ROWS, _TUNER, _add_gram_
 
 
 def full_update(gram: Tensor, z64: Tensor) -> None:
@@ -30,31 +32,45 @@ def full_update(gram: Tensor, z64: Tensor) -> None:
     gram.addmm_(z64.T, z64)
 
 
-def tril_update(gram: Tensor, z64: Tensor, block: int) -> None:
-    """The shipped kernel's algorithm with any block size, for the block-size sweep.
+def tril_update(gram: Tensor, z64: Tensor, leaf: int | None) -> None:
+    """The shipped product with any leaf size (None: the full product), for the leaf sweep."""
+    _add_gram_(gram, z64, block=leaf)
 
-    Block row ``[start, stop)`` gets ``z[:, start:stop]^T z[:, :stop]``: the diagonal block and everything to its
-    left. The strictly-upper blocks of ``gram`` are never touched.
-    """
-    d = z64.shape[1]
-    for start in range(0, d, block):
-        stop = min(start + block, d)
-        gram[start:stop, :stop].addmm_(z64[:, start:stop].T, z64[:, :stop])
+
+def warm_tuner(d: int) -> None:
+    """Feed a throw-away metric full buffers at D until the tuner has chosen its leaf there (a few products)."""
+    metric = RankMe(nan_strategy="propagate").to(common.DEVICE)
+    half = torch.randn(_BUFFER_ROWS // 2, d, device=common.DEVICE)
+    while (common.DEVICE.type, d) not in _TUNER.choice:
+        metric.update(half)  # every third batch finds the buffer full: a timed product
+    common.synchronize()
 
 
 def shipped_block(d: int) -> int | None:
-    """The block size ``rankme.metric._add_gram_`` uses at D (None: the full product, below 256 features)."""
-    return None if d < _TRIANGLE_MIN_FEATURES else max(64, d // 16)
+    """The leaf size ``RankMe`` uses at D on this machine (None: the full product), as measured by its tuner."""
+    warm_tuner(d)
+    return _TUNER.default(common.DEVICE, d)
 
 
-def tril_flops(n: int, d: int, block: int) -> float:
-    return sum(2.0 * n * (min(start + block, d) - start) * min(start + block, d) for start in range(0, d, block))
+def leaf_candidates(d: int) -> list[int | None]:
+    return _TUNER.candidates(d)
+
+
+def tril_flops(n: int, d: int, leaf: int | None) -> float:
+    """FLOP of the recursive lower-triangle product of n rows at D with leaves of at most ``leaf`` features."""
+
+    def lower(size: int) -> float:
+        if leaf is None or size <= leaf:
+            return 2.0 * n * size * size
+        half = size // 2
+        return 2.0 * n * half * (size - half) + lower(half) + lower(size - half)
+
+    return lower(d)
 
 
 def shipped_flops(n: int, d: int) -> float:
-    """FLOP of the shipped update for a batch of n rows at D."""
-    block = shipped_block(d)
-    return 2.0 * n * d * d if block is None else tril_flops(n, d, block)
+    """FLOP of the shipped update for n rows at D."""
+    return tril_flops(n, d, shipped_block(d))
 
 
 @dataclass
@@ -86,12 +102,13 @@ def matmul_rates(ds: Sequence[int], batch: int, square: Sequence[int], repeats: 
 class UpdateRate:
     d: int
     rows: int
-    metric_s: float  # RankMe.update, float32 batches in (upcast, finiteness check, shipped product)
-    kernel_s: float  # the shipped product alone (_add_gram_) on float64 batches
-    full_s: float  # the full addmm_ of the same batches (the pre-change update's product)
+    metric_s: float  # RankMe.update of float32 batches, with the final flush (cast, scale, check, product)
+    kernel_s: float  # the shipped product alone (_add_gram_ at the chosen leaf) on float64 buffers
+    full_s: float  # the full addmm_ of the same buffers
     full_flop: float  # 2 * rows * D^2
     shipped_flop: float  # what the shipped product actually computes
-    tril: dict[int, tuple[float, float]]  # block size -> (seconds, speed-up over the full product)
+    leaf: int | None  # the chosen leaf (None: the full product)
+    tril: dict[int | None, tuple[float, float]]  # leaf -> (seconds, speed-up over the full product)
 
     @property
     def metric_effective_gflops(self) -> float:
@@ -112,48 +129,54 @@ class UpdateRate:
         return self.full_flop / self.full_s / 1e9
 
 
-def _loop(fn: Callable[[Tensor], None], pool: Sequence[Tensor], steps: int) -> Callable[[], None]:
-    def run() -> None:
-        for step in range(steps):
-            fn(pool[step % len(pool)])
-
-    return run
-
-
-def update_rates(
-    ds: Sequence[int], batch: int, target_flop: float, blocks: Sequence[int], repeats: int = 5, max_steps: int = 64
-) -> list[UpdateRate]:
-    """The metric's update rate at each D (float32 batches in), its product alone, the full float64 addmm_ and
-    the triangular kernel with the block sizes ``blocks`` (those >= D skipped); best of ``repeats``, taking
-    turns."""
+def update_rates(ds: Sequence[int], batch: int, buffers: int = 4, repeats: int = 5) -> list[UpdateRate]:
+    """At each D: ``RankMe.update`` over ``buffers`` full buffers of float32 batches of ``batch`` rows, the shipped
+    product alone on the same rows as float64 buffers, the full addmm_, and the product at every candidate leaf;
+    best of ``repeats``, taking turns."""
     results = []
     for d in ds:
-        steps = max(2, min(max_steps, round(target_flop / (2 * batch * d * d))))
+        leaf = shipped_block(d)
+        rows = buffers * _BUFFER_ROWS
         generator = torch.Generator().manual_seed(d)
-        pool32 = [torch.randn(batch, d, generator=generator).to(common.DEVICE) for _ in range(min(steps, 8))]
-        pool64 = [z.double() for z in pool32]
-        metric = RankMe().to(common.DEVICE)
+        pool32 = [torch.randn(batch, d, generator=generator).to(common.DEVICE) for _ in range(8)]
+        chunks64 = [torch.randn(_BUFFER_ROWS, d, generator=generator, dtype=torch.float64).to(common.DEVICE)]
+        metric = RankMe(nan_strategy="propagate").to(common.DEVICE)
         gram = torch.zeros(d, d, dtype=torch.float64, device=common.DEVICE)
+
+        def feed(metric: RankMe = metric, pool32: list[Tensor] = pool32, rows: int = rows) -> None:
+            for step in range(rows // batch):
+                metric.update(pool32[step % len(pool32)])
+            metric._flush()
+
+        def products(fn: Callable[[Tensor], None], chunk: Tensor = chunks64[0]) -> Callable[[], None]:
+            def run() -> None:
+                for _ in range(buffers):
+                    fn(chunk)
+
+            return run
+
         fns = {
-            "metric": _loop(metric.update, pool32, steps),
-            "kernel": _loop(lambda z, gram=gram: _add_gram_(gram, z), pool64, steps),
-            "full": _loop(lambda z, gram=gram: full_update(gram, z), pool64, steps),
+            "metric": feed,
+            "kernel": products(lambda z, gram=gram, leaf=leaf: tril_update(gram, z, leaf)),
+            "full": products(lambda z, gram=gram: full_update(gram, z)),
         }
-        for k in blocks:
-            if k < d:
-                fns[f"tril{k}"] = _loop(lambda z, gram=gram, k=k: tril_update(gram, z, k), pool64, steps)
+        for k in leaf_candidates(d):
+            if k is not None:
+                fns[f"leaf{k}"] = products(lambda z, gram=gram, k=k: tril_update(gram, z, k))
         best = best_interleaved(fns, repeats)
         full_s = best["full"]
-        tril = {k: (best[f"tril{k}"], full_s / best[f"tril{k}"]) for k in blocks if k < d}
+        tril: dict[int | None, tuple[float, float]] = {None: (full_s, 1.0)}
+        tril.update({k: (best[f"leaf{k}"], full_s / best[f"leaf{k}"]) for k in leaf_candidates(d) if k is not None})
         results.append(
             UpdateRate(
                 d=d,
-                rows=steps * batch,
+                rows=rows,
                 metric_s=best["metric"],
                 kernel_s=best["kernel"],
                 full_s=full_s,
-                full_flop=2.0 * steps * batch * d * d,
-                shipped_flop=steps * shipped_flops(batch, d),
+                full_flop=2.0 * rows * d * d,
+                shipped_flop=tril_flops(rows, d, leaf),
+                leaf=leaf,
                 tril=tril,
             )
         )
@@ -163,33 +186,92 @@ def update_rates(
 @dataclass
 class Overhead:
     d: int
-    update_s: float  # RankMe.update of one finite float32 batch, all included
-    upcast_s: float
-    finite_sum_s: float  # the shipped check: isfinite(z64.sum()), one reduction
-    finite_rows_s: float  # the per-row check, isfinite(z64).all(dim=1): only on batches whose sum is not finite
-    product_s: float  # the shipped product, _add_gram_
+    update_s: float  # RankMe.update of one finite float32 batch, its share of the buffer's product included
+    product_s: float  # that batch's share of the shipped product of a full buffer
+    abs_max_s: float  # max |z| by aminmax: the batch's scale and finiteness test, one reduction
+    cast_s: float  # the float32 batch cast into the float64 buffer (copy_)
+    mask_s: float  # zeroing a non-finite batch's rows on the device (masked_fill_ by a 0-dim mask, every batch)
 
 
-def update_overhead(ds: Sequence[int], batch: int, repeats: int = 30) -> list[Overhead]:
+def update_overhead(ds: Sequence[int], batch: int, repeats: int = 20) -> list[Overhead]:
     """What one update of a float32 batch spends besides the product (best of ``repeats``, taking turns)."""
     out = []
+    per_buffer = _BUFFER_ROWS // batch
     for d in ds:
+        leaf = shipped_block(d)
         z = torch.randn(batch, d, device=common.DEVICE)
-        z64 = z.double()
+        slot = torch.empty(batch, d, dtype=torch.float64, device=common.DEVICE)
+        chunk = torch.randn(_BUFFER_ROWS, d, dtype=torch.float64, device=common.DEVICE)
         gram = torch.zeros(d, d, dtype=torch.float64, device=common.DEVICE)
-        metric = RankMe().to(common.DEVICE)
-        metric.update(z)
+        finite = torch.ones((), dtype=torch.bool, device=common.DEVICE)
+        metric = RankMe(nan_strategy="propagate").to(common.DEVICE)
+
+        def buffer_of_updates(metric: RankMe = metric, z: Tensor = z, per_buffer: int = per_buffer) -> None:
+            for _ in range(per_buffer):
+                metric.update(z)
+            metric._flush()
+
         best = best_interleaved(
             {
-                "update": lambda metric=metric, z=z: metric.update(z),
-                "upcast": lambda z=z: z.to(torch.float64),
-                "sum": lambda z64=z64: bool(torch.isfinite(z64.sum())),
-                "rows": lambda z64=z64: bool(torch.isfinite(z64).all(dim=1).all()),
-                "product": lambda gram=gram, z64=z64: _add_gram_(gram, z64),
+                "update": buffer_of_updates,
+                "product": lambda gram=gram, chunk=chunk, leaf=leaf: _add_gram_(gram, chunk, block=leaf),
+                "abs_max": lambda z=z: torch.aminmax(z),
+                "cast": lambda slot=slot, z=z: slot.copy_(z),
+                "mask": lambda slot=slot, finite=finite: slot.masked_fill_(~finite, 0.0),
             },
             repeats,
         )
-        out.append(Overhead(d, best["update"], best["upcast"], best["sum"], best["rows"], best["product"]))
+        out.append(
+            Overhead(
+                d,
+                best["update"] / per_buffer,
+                best["product"] / per_buffer,
+                best["abs_max"],
+                best["cast"],
+                best["mask"],
+            )
+        )
+    return out
+
+
+@dataclass
+class EigvalshOption:
+    spectrum: str
+    float64_s: float  # eigvalsh of the float64 Gram matrix: the shipped epoch end
+    float32_s: float  # eigvalsh of the same matrix cast to float32
+    value: float  # RankMe from the float64 eigenvalues
+    float32_error: float  # relative error of RankMe from the float32 eigenvalues
+
+
+def eigvalsh_options(d: int) -> list[EigvalshOption]:
+    """The epoch-end options at D on Gram matrices of D float32 rows: float64 ``eigvalsh`` (shipped) and float32
+    ``eigvalsh`` of the same matrix (half the memory traffic, faster kernels); time, and what float32 loses in RankMe
+    on a power-law spectrum (k^-1) and on rank one plus 1e-3 noise (a near-collapse)."""
+    from rankme.functional import _effective_rank
+
+    generator = torch.Generator().manual_seed(d)
+    k = torch.arange(1, d + 1, dtype=torch.float32)
+    spectra = {
+        "power-law k^-1": lambda: torch.randn(d, d, generator=generator) * k.pow(-1.0),
+        "rank one + 1e-3 noise": lambda: (
+            torch.randn(d, 1, generator=generator) * torch.randn(1, d, generator=generator)
+            + 1e-3 * torch.randn(d, d, generator=generator)
+        ),
+    }
+
+    def rankme_of(eigenvalues: Tensor) -> float:
+        return float(_effective_rank(eigenvalues.double().flip(0).clamp(min=0).sqrt(), 1e-7))
+
+    out = []
+    for name, make in spectra.items():
+        z64 = make().to(common.DEVICE, torch.float64)
+        gram = z64.T @ z64
+        del z64
+        gram32 = gram.float()
+        float64_s, eig64 = common.timed(lambda gram=gram: torch.linalg.eigvalsh(gram))
+        float32_s, eig32 = common.timed(lambda gram32=gram32: torch.linalg.eigvalsh(gram32))
+        value = rankme_of(eig64)
+        out.append(EigvalshOption(name, float64_s, float32_s, value, abs(rankme_of(eig32) - value) / value))
     return out
 
 
@@ -200,7 +282,7 @@ def check_tril_exact(d: int = 320, n: int = 600) -> float:
     tri = torch.zeros(d, d, dtype=torch.float64, device=common.DEVICE)
     for chunk in z.split(128):
         full_update(full, chunk)
-        _add_gram_(tri, chunk)
+        _add_gram_(tri, chunk, block=64)
     ref = torch.linalg.eigvalsh(full)
     got = torch.linalg.eigvalsh(tri)  # UPLO="L", the default
     return float((ref - got).abs().max() / ref.abs().max())

@@ -20,13 +20,12 @@ from typing import Any
 
 import common
 import torch
-from common import PeakMemory, release_freed_memory, synchronize
+from common import EPS, PeakMemory, rankme_of_spectrum, release_freed_memory, synchronize
 from torch import Tensor
 
 from rankme import RankMe
 
 ROUTES = ("gram", "embeddings", "usual")
-EPS = 1e-7
 
 
 @dataclass
@@ -55,10 +54,7 @@ def make_pool(d: int, batch: int, batches: int, seed: int = 0) -> list[Tensor]:
 
 def usual_rankme(stored: Sequence[Tensor], eps: float = EPS) -> Tensor:
     """The usual approach at epoch end: stack everything, float32 svdvals, then the paper's formula."""
-    z = torch.cat(list(stored))
-    s = torch.linalg.svdvals(z).double()
-    p = s / s.sum() + eps
-    return torch.exp(-(p * p.log()).sum())
+    return rankme_of_spectrum(torch.linalg.svdvals(torch.cat(list(stored))), eps)
 
 
 def _tensor_bytes(value: Any) -> int:

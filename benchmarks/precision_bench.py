@@ -25,19 +25,15 @@ from dataclasses import dataclass
 import common
 import numpy as np
 import torch
-from common import median_time
+from common import median_time, rankme_of_spectrum
 from torch import Tensor
 
 from rankme import RankMe, RankMeWarning
 from rankme.metric import _add_gram_
 
-EPS = 1e-7
-
 
 def _value(s: Tensor) -> float:
-    s = s.double()
-    p = s / s.sum() + EPS
-    return float(torch.exp(-(p * p.log()).sum()))
+    return float(rankme_of_spectrum(s))
 
 
 def _from_gram(gram: Tensor, n: int) -> float:
@@ -60,9 +56,8 @@ def tf32_products() -> Iterator[None]:
 
 
 def reference_value(z: Tensor) -> float:
-    s = np.linalg.svd(z.double().cpu().numpy(), compute_uv=False)
-    p = s / s.sum() + EPS
-    return float(np.exp(-(p * np.log(p)).sum()))
+    """RankMe by a float64 numpy SVD: the reference the routes are measured against."""
+    return _value(torch.from_numpy(np.linalg.svd(z.double().cpu().numpy(), compute_uv=False)))
 
 
 def hard_spectra(n: int, d: int, seed: int = 0) -> dict[str, Tensor]:

@@ -2,9 +2,9 @@
 
 Sections (all measured side by side in one run, ratios from that run):
 
-1. issue 2: N=25600, D=2048, batches of 512: the metric ("gram") against the usual approach (stack all batches,
+1. streaming at N=25600, D=2048, batches of 512: the metric ("gram") against the usual approach (stack all batches,
    float32 ``torch.linalg.svdvals``, the paper's formula): epoch-end latency and whole cost;
-2. issue 5: N x D grid, "gram", "embeddings" and the usual approach: update cost, epoch-end latency, whole cost,
+2. the N x D grid: "gram", "embeddings" and the usual approach: update cost, epoch-end latency, whole cost,
    peak memory, state and bytes per sync, and how each grows with N and D;
 3. closeness to the limit: the update's FLOP rate against float64 ``torch.mm`` measured in the same run; the shipped
    lower-triangle update against the full product of the same batch, and a block-size sweep (where symmetry pays);
@@ -24,7 +24,7 @@ torchmetrics and numpy are there; one command may run 10 minutes), from the repo
 each writing its own part:
 
     PYTHONPATH=src PYTHONUNBUFFERED=1 python3 benchmarks/run.py --device cuda \
-        --only limits issue2 precision callback --markdown $OUT/cuda-1.md
+        --only limits streaming precision callback --markdown $OUT/cuda-1.md
     ... --only grid --markdown $OUT/cuda-2.md
     ... --only paper --markdown $OUT/cuda-3.md
 """
@@ -32,6 +32,7 @@ each writing its own part:
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -69,21 +70,19 @@ ROUTES = ("gram", "embeddings", "usual")
 DEFAULT_MARKDOWN = ROOT / "docs" / "benchmarks.md"
 DEFAULT_MARKDOWN_CUDA = ROOT / "docs" / "benchmarks-cuda.md"
 PAPER_SIZE = (25600, 8192)
-SECTIONS = ("limits", "issue2", "grid", "precision", "callback", "paper")
+SECTIONS = ("limits", "streaming", "grid", "precision", "callback", "paper")
 
 
 @dataclass
 class Preset:
     name: str
-    issue2: tuple[int, int]
-    issue2_repeats: int
+    streaming: tuple[int, int]
+    streaming_repeats: int
     grid_n: Sequence[int]
     grid_d: Sequence[int]
     skip: dict[tuple[int, int], tuple[Sequence[str], str]]
     limit_d: Sequence[int]
     limit_square: Sequence[int]
-    limit_flop: float
-    tril_blocks: Sequence[int]
     callback: dict[str, object]
     precision_nd: tuple[int, int]
     precision_speed_d: Sequence[int]
@@ -91,8 +90,9 @@ class Preset:
     contention: tuple[int, int] | None = None
     paper: tuple[int, int] | None = None
     few_rows: Sequence[tuple[int, int]] = ()
-    limit_repeats: int = 10
-    limit_max_steps: int = 64
+    limit_repeats: int = 5
+    limit_buffers: int = 4
+    eig_options_d: int | None = None
     precision_steps: int = 8
     precision_repeats: int = 3
     repeat_budget_s: float = 4.0
@@ -106,15 +106,15 @@ _SLOW_SVD = (
 PRESETS = {
     "quick": Preset(
         name="quick",
-        issue2=(2048, 256),
-        issue2_repeats=1,
+        streaming=(2048, 256),
+        streaming_repeats=1,
         grid_n=(1024, 2048),
         grid_d=(64, 256),
         skip={},
         limit_d=(64, 256),
         limit_square=(256,),
-        limit_flop=2e8,
-        tril_blocks=(16, 32),
+        limit_buffers=1,
+        eig_options_d=256,
         callback={"images": 256, "batch_size": 128, "blocks": (1,), "widths": (8,), "projector_dim": 64, "pairs": 1},
         precision_nd=(512, 64),
         precision_speed_d=(128,),
@@ -127,15 +127,14 @@ PRESETS = {
     ),
     "default": Preset(
         name="default",
-        issue2=(25600, 2048),
-        issue2_repeats=3,
+        streaming=(25600, 2048),
+        streaming_repeats=3,
         grid_n=(4096, 25600, 102400),
         grid_d=(256, 1024, 2048, 4096),
         skip={(102400, 4096): (ROUTES, _SLOW_SVD)},
         limit_d=(256, 1024, 2048, 4096),
         limit_square=(2048,),
-        limit_flop=3e10,
-        tril_blocks=(64, 128, 256, 512),
+        eig_options_d=8192,
         callback={"images": 4096, "batch_size": 256, "blocks": (1, 1, 1, 1), "pairs": 5},
         precision_nd=(4096, 256),
         precision_speed_d=(1024, 2048),
@@ -149,7 +148,7 @@ PRESETS["full"] = Preset(**{**PRESETS["default"].__dict__, "name": "full", "skip
 
 def for_accelerator(preset: Preset) -> Preset:
     """The preset as run on a GPU: every grid cell (the CPU's reasons to skip do not hold), no CPU contention
-    probe, more work per timing (about 1e12 FLOP, up to 1024 updates) and more repeats, so a measurement lasts
+    probe, more work per timing (64 buffers of rows per update-rate timing) and more repeats, so a measurement lasts
     milliseconds rather than microseconds, the float32-accumulation speed up to D=8192, and the paper's size;
     --quick stays as it is."""
     if preset.name == "quick":
@@ -158,8 +157,7 @@ def for_accelerator(preset: Preset) -> Preset:
         "skip": {},
         "contention": None,
         "paper": PAPER_SIZE,
-        "limit_flop": 1e12,
-        "limit_max_steps": 1024,
+        "limit_buffers": 64,
         "precision_speed_d": (1024, 2048, 4096, 8192),
         "precision_steps": 64,
         "precision_repeats": 10,
@@ -227,19 +225,21 @@ class Report:
         if self.machine.accelerator:
             out += [
                 "",
-                "On an accelerator: the targets below are the issue's, set for the 2-core CPU; they are evaluated here"
+                "On an accelerator: the targets below were set for the 2-core CPU; they are evaluated here"
                 " for comparison only.",
             ]
         out += ["", "## Targets met / missed", "", self.targets_table().markdown(level=3).split("\n", 2)[2], ""]
         out += [
             "Every row measures the shipped `rankme.RankMe` (`src/rankme/metric.py`). Its gram update:",
             "",
-            "- computes only the lower block triangle of `Z^T Z` (`_add_gram_`: one `addmm_` per block row of"
-            " `max(64, D // 16)` features, the full product below D=256), about half the FLOP of the full"
-            " product; `torch.linalg.eigvalsh` reads only the lower triangle. The update-path table compares it"
-            " with a plain full `addmm_` of the same batch (the update before this change) and sweeps the block size;",
-            "- checks finiteness with one reduction, `torch.isfinite(z64.sum())`, and runs the per-row check only on"
-            " a batch whose sum is not finite (table 'Per-batch cost of RankMe.update besides the product').",
+            "- takes max |z| of each batch in one reduction (its power-of-two scale and its finiteness test), casts"
+            " the batch into a float64 buffer of 2048 rows and multiplies a full buffer in one product, so small"
+            " batches still make large GEMMs (memory independent of N);",
+            "- computes only the lower triangle of `Z^T Z` (`_add_gram_`: the off-diagonal block of the two halves in"
+            " one GEMM, recursively, down to diagonal squares of at most `leaf` features), about half the FLOP of"
+            " the full product; `torch.linalg.eigvalsh` reads only the lower triangle. The leaf (or the full"
+            " product) is chosen per D from this machine's timings of the metric's first products; the scaling of"
+            " the buffer and of the state is folded into the product.",
             "",
         ]
         if self.findings:
@@ -260,17 +260,20 @@ class Report:
 def section_limits(report: Report, preset: Preset) -> dict[int, float]:
     from limit_bench import (
         check_tril_exact,
+        eigvalsh_options,
         eigvalsh_seconds,
+        leaf_candidates,
         matmul_rates,
-        shipped_block,
         tril_flops,
         update_overhead,
         update_rates,
     )
 
+    from rankme.metric import _BUFFER_ROWS, _TUNER
+
     print("\n[3] closeness to the limit: float64 matrix-product rate vs the update path", flush=True)
     batch = 512
-    rates = matmul_rates(preset.limit_d, batch, preset.limit_square, repeats=preset.limit_repeats)
+    rates = matmul_rates(preset.limit_d, _BUFFER_ROWS, preset.limit_square, repeats=preset.limit_repeats)
     peak = max(rate.gflops for rate in rates)
     table = Table(
         f"Float64 matrix-product rate of this machine (torch.mm, same run, best of {preset.limit_repeats})",
@@ -281,85 +284,84 @@ def section_limits(report: Report, preset: Preset) -> dict[int, float]:
     table.notes.append(f"limit used below: the best of these, {peak:.1f} GFLOP/s")
     report.add(table)
 
-    updates = update_rates(
-        preset.limit_d,
-        batch,
-        preset.limit_flop,
-        preset.tril_blocks,
-        repeats=preset.limit_repeats,
-        max_steps=preset.limit_max_steps,
-    )
+    updates = update_rates(preset.limit_d, batch, buffers=preset.limit_buffers, repeats=preset.limit_repeats)
     table = Table(
-        f"Update path throughput (batches of n={batch} float32 rows; best of {preset.limit_repeats}, taking turns)",
+        f"Update path throughput: the update's fraction of this machine's float64 mm rate (float32 batches of {batch}"
+        f" rows; best of {preset.limit_repeats}, taking turns)",
         [
             "D",
             "rows",
             "RankMe.update",
-            "effective GFLOP/s (% of limit)",
             "executed GFLOP/s (% of limit)",
-            "shipped product alone (block)",
-            "full product (the pre-change update)",
+            "effective GFLOP/s (% of limit)",
+            "shipped product alone (leaf)",
+            "full product",
             "shipped vs full",
         ],
     )
     for u in updates:
-        block = shipped_block(u.d)
         table.add(
             u.d,
             u.rows,
             fmt_seconds(u.metric_s),
-            f"{u.metric_effective_gflops:.1f} ({u.metric_effective_gflops / peak:.0%})",
             f"{u.metric_executed_gflops:.1f} ({u.metric_executed_gflops / peak:.0%})",
-            f"{fmt_seconds(u.kernel_s)} (" + ("full" if block is None else f"b={block}") + ")",
+            f"{u.metric_effective_gflops:.1f} ({u.metric_effective_gflops / peak:.0%})",
+            f"{fmt_seconds(u.kernel_s)} (" + ("full" if u.leaf is None else f"leaf {u.leaf}") + ")",
             f"{fmt_seconds(u.full_s)} ({u.full_gflops / peak:.0%} of limit)",
             f"{u.full_s / u.kernel_s:.2f}x; {1 - u.shipped_flop / u.full_flop:.0%} fewer FLOP",
         )
     exact = check_tril_exact()
     table.notes += [
-        "effective: the full product's 2*n*D^2 FLOP per second of RankMe.update (float32 batch in: upcast,"
-        " finiteness check, product), the rate the user gets; executed: the FLOP the shipped update actually does"
-        " (its lower block triangle, about n*D^2*(1+b/D)) per second, the hardware efficiency",
-        "shipped product alone: rankme.metric._add_gram_ on float64 batches (one addmm_ per block row of"
-        " b = max(64, D/16) features; the full product below D=256); full product: gram.addmm_(z.T, z) of the same"
-        " batches, what the update did before the lower-triangle change",
+        "executed: the FLOP the shipped update performs (the lower triangle down to its leaves, about"
+        " n*D^2*(1+leaf/D)) per second of RankMe.update, float32 batch in (max |z|, cast into the float64 buffer,"
+        " product of each full buffer, the final flush): the hardware efficiency, the targets' measure; effective:"
+        " the full product's 2*n*D^2 FLOP per second, the rate the user gets",
+        f"shipped product alone: rankme.metric._add_gram_ on float64 buffers of {_BUFFER_ROWS} rows at the leaf this"
+        " machine's timings chose; full product: gram.addmm_(z.T, z) of the same buffers",
         "eigvalsh of the triangular state vs of the full product (D=320): max relative eigenvalue difference"
         f" {exact:.1e}",
     ]
     report.add(table)
 
+    all_leaves = sorted({k for u in updates for k in u.tril if k is not None})
     sweep = Table(
-        "Block-size sweep of the lower-triangle product (speed-up over the full addmm_ of the same batches; best of"
-        f" {preset.limit_repeats}, taking turns)",
-        ["D", *[f"b={k}" for k in preset.tril_blocks], "shipped b"],
+        f"Leaf sweep of the lower-triangle product ({_BUFFER_ROWS}-row float64 buffers; speed-up over the full"
+        f" addmm_; best of {preset.limit_repeats}, taking turns) and the tuner's timings",
+        ["D", *[f"leaf {k}" for k in all_leaves], "chosen", "tuner's timings per product"],
     )
     for u in updates:
         cells = []
-        for k in preset.tril_blocks:
+        for k in all_leaves:
             if k in u.tril:
                 seconds, speedup = u.tril[k]
-                saved = 1 - tril_flops(batch, u.d, k) / (2 * batch * u.d * u.d)
+                saved = 1 - tril_flops(_BUFFER_ROWS, u.d, k) / (2 * _BUFFER_ROWS * u.d * u.d)
                 cells.append(f"{fmt_seconds(seconds)} ({speedup:.2f}x; {saved:.0%} fewer FLOP)")
             else:
                 cells.append("-")
-        block = shipped_block(u.d)
-        sweep.add(u.d, *cells, "full product" if block is None else block)
+        timings = _TUNER.timings.get((common.DEVICE.type, u.d), {})
+        tuner = "; ".join(
+            ("full" if k is None else str(k)) + ": " + ", ".join(fmt_seconds(t) for t in times)
+            for k, times in timings.items()
+        )
+        sweep.add(u.d, *cells, "full product" if u.leaf is None else u.leaf, tuner or "one candidate")
     sweep.notes.append(
-        "b: features per block row, one addmm_ each (limit_bench.tril_update, the shipped kernel's algorithm with any"
-        " block size); fewer FLOP than the full product, but smaller GEMMs and more calls: the speed-up is below the"
-        " FLOP saving, and it is smallest at small D"
+        "leaf: the largest diagonal square computed as a full product; the tuner (rankme.metric._TUNER) times the"
+        " metric's first full-buffer products at each D, one per candidate (the full product and leaves"
+        f" {', '.join(str(k) for k in leaf_candidates(max(preset.limit_d))[1:])} at the largest D), then the two"
+        " fastest again, and keeps the fastest for the process"
     )
     report.add(sweep)
 
     overhead = update_overhead(preset.limit_d, batch)
     table = Table(
-        "Per-batch cost of RankMe.update besides the product (512 finite float32 rows; best of 30, taking turns)",
+        f"Per-batch cost of RankMe.update besides the product ({batch} finite float32 rows; best of 20, taking turns)",
         [
             "D",
-            "RankMe.update",
-            "product (_add_gram_)",
-            "upcast",
-            "isfinite(sum) (every batch)",
-            "per-row isfinite (only if the sum is not finite)",
+            "RankMe.update (share of the product included)",
+            "product share",
+            "max |z| (aminmax)",
+            "cast into the buffer",
+            "mask (zero a bad batch)",
             "overhead: update - product",
         ],
     )
@@ -369,18 +371,41 @@ def section_limits(report: Report, preset: Preset) -> dict[int, float]:
             o.d,
             fmt_seconds(o.update_s),
             fmt_seconds(o.product_s),
-            fmt_seconds(o.upcast_s),
-            fmt_seconds(o.finite_sum_s),
-            fmt_seconds(o.finite_rows_s),
+            fmt_seconds(o.abs_max_s),
+            fmt_seconds(o.cast_s),
+            fmt_seconds(o.mask_s),
             f"{fmt_seconds(rest)} ({rest / o.update_s:.0%})",
         )
     table.notes.append(
-        "the shipped check: `torch.isfinite(z64.sum())`, one reduction, on every batch; the per-row check runs only"
-        " when that sum is not finite (a batch holding NaN or infinity), so on finite data it costs nothing. A float64"
-        " sum of upcast float32/16 values cannot overflow, so the fast path misses nothing for them; a float64 input"
-        " whose sum overflows only takes the slow path. The overhead also holds the upcast and torchmetrics' wrapper"
+        "max |z| is one reduction that gives both the batch's power-of-two scale and its finiteness (NaN or infinity"
+        " make it non-finite); the batch is cast into the float64 buffer, and zeroed there if it was not finite (a"
+        " device-side mask, so nothing is read back); the scale is applied to a full buffer and to the state inside"
+        " the product. The overhead also holds torchmetrics' wrapper"
     )
     report.add(table)
+
+    if preset.eig_options_d is not None:
+        d = preset.eig_options_d
+        print(f"  epoch-end options at D={d} ...", flush=True)
+        options = eigvalsh_options(d)
+        table = Table(
+            f"Epoch-end eigvalsh options at D={d} (Gram matrices of {d} float32 rows; one run each)",
+            ["spectrum", "float64 eigvalsh (shipped)", "float32 eigvalsh", "speed-up", "RankMe", "float32 error"],
+        )
+        for o in options:
+            table.add(
+                o.spectrum,
+                fmt_seconds(o.float64_s),
+                fmt_seconds(o.float32_s),
+                f"{o.float64_s / o.float32_s:.2f}x",
+                f"{o.value:.6g}",
+                f"{o.float32_error:.1e}",
+            )
+        table.notes.append(
+            "float32 eigenvalues of a Gram matrix lose everything below about 1e-7 of the largest (the square of the"
+            " spectrum's range): the shipped epoch end stays float64, the only option that keeps the 1e-6 exactness"
+        )
+        report.add(table)
 
     gpu = on_accelerator()
     eig = Table(
@@ -421,47 +446,40 @@ def section_limits(report: Report, preset: Preset) -> dict[int, float]:
             f" {svd2['1 busy process'] / eig2['1 busy process']:.1f}x (quiet: {svd2['quiet'] / eig2['quiet']:.1f}x)."
         )
 
-    target_d = 2048 if 2048 in preset.limit_d else preset.limit_d[-1]
-    at = next(u for u in updates if u.d == target_d)
-    executed = at.metric_executed_gflops / peak
-    effective = at.metric_effective_gflops / peak
     real = preset.name != "quick"
-    why = ""
-    if executed < 0.8:
-        why = (
-            f"short by {80 - 100 * executed:.0f} points on the FLOP actually executed: the lower-triangle product does"
-            f" {1 - at.shipped_flop / at.full_flop:.0%} fewer FLOP in smaller GEMMs, which run at"
-            f" {at.kernel_executed_gflops / peak:.0%} of the limit alone, and the per-batch overhead (upcast, check,"
-            " wrapper: table 'Per-batch cost of RankMe.update besides the product') adds the rest; per batch,"
-            f" RankMe.update takes {at.metric_s / at.full_s:.2f}x the time of the bare full float64 addmm_ it replaced"
+    for target_d in [d for d in (2048, 4096) if d in preset.limit_d] or [preset.limit_d[-1]]:
+        at = next(u for u in updates if u.d == target_d)
+        executed = at.metric_executed_gflops / peak
+        why = ""
+        if executed < 0.85:
+            why = (
+                f"short by {85 - 100 * executed:.0f} points: the product alone runs at"
+                f" {at.kernel_executed_gflops / peak:.0%} of the limit at leaf {at.leaf}, and the per-batch work (max"
+                " |z|, cast, mask, wrapper: table 'Per-batch cost of RankMe.update besides the product') adds the rest"
+            )
+        report.target(
+            f"update >= 85% of float64 mm (D={target_d})",
+            f"executed FLOP: {executed:.0%} ({at.metric_executed_gflops:.1f} of {peak:.1f} GFLOP/s); full-product"
+            f" equivalent: {at.metric_effective_gflops / peak:.0%}",
+            (executed >= 0.85) if real else None,
+            why,
         )
-    report.target(
-        f"update throughput >= 80% of float64 mm (D={target_d})",
-        f"executed FLOP: {executed:.0%} ({at.metric_executed_gflops:.1f} of {peak:.1f} GFLOP/s); full-product"
-        f" equivalent: {effective:.0%}; the pre-change full addmm_ alone: {at.full_gflops / peak:.0%}",
-        (executed >= 0.8) if real else None,
-        why,
-    )
     per_d = ", ".join(
         f"D={u.d}: {u.metric_executed_gflops / peak:.0%} executed, {u.metric_effective_gflops / peak:.0%} effective"
         for u in updates
     )
     report.findings.append(
         f"Update throughput as a fraction of the float64 mm limit ({peak:.1f} GFLOP/s), RankMe.update with float32"
-        f" batches: {per_d}."
+        f" batches of {batch}: {per_d}."
     )
-    pays = []
-    for u in updates:
-        block = shipped_block(u.d)
-        shipped = "full product" if block is None else f"b={block}: {u.full_s / u.kernel_s:.2f}x"
-        best = max(u.tril.items(), key=lambda item: item[1][1]) if u.tril else None
-        pays.append(
-            f"D={u.d}: shipped {shipped}" + (f" (best of the sweep b={best[0]}: {best[1][1]:.2f}x)" if best else "")
-        )
+    pays = [
+        f"D={u.d}: " + ("full product" if u.leaf is None else f"leaf {u.leaf}, {u.full_s / u.kernel_s:.2f}x")
+        for u in updates
+    ]
     report.findings.append(
-        "Where exploiting symmetry pays (product alone, speed-up over the full addmm_ of the same batch): "
+        "Where exploiting symmetry pays (the chosen product alone, speed-up over the full addmm_ of the same rows): "
         + "; ".join(pays)
-        + ". The gain grows with D: at small D the block GEMMs are too small to run at the full rate."
+        + "."
     )
     return eig_times
 
@@ -496,21 +514,21 @@ def routes_table(title: str, results: dict[str, RouteResult], extra: dict[str, C
     return table
 
 
-def section_issue2(report: Report, preset: Preset) -> dict[str, object]:
+def section_streaming(report: Report, preset: Preset) -> dict[str, object]:
     from metric_bench import run_cell
 
-    n, d = preset.issue2
-    print(f"\n[1] issue 2: N={n}, D={d}, batches of 512, gram vs the usual approach", flush=True)
+    n, d = preset.streaming
+    print(f"\n[1] streaming: N={n}, D={d}, batches of 512, gram vs the usual approach", flush=True)
     results = run_cell(
-        n, d, ("gram", "usual", "embeddings"), max_repeats=preset.issue2_repeats, repeat_budget_s=float("inf")
+        n, d, ("gram", "usual", "embeddings"), max_repeats=preset.streaming_repeats, repeat_budget_s=float("inf")
     )
     usual = results["usual"]
     table = routes_table(
-        f"Issue 2: N={n}, D={d}, batches of 512 (median of {results['gram'].repeats})",
+        f"Streaming vs stack + float32 svdvals: N={n}, D={d}, batches of 512 (median of {results['gram'].repeats})",
         results,
         {"value": lambda r: f"{r.value:.4f}"},
     )
-    table.notes.append("targets: latency at least 3x lower (usual / gram >= 3), whole cost gram / usual <= 1.1")
+    table.notes.append("targets: latency at least 3x lower (usual / gram >= 3), whole cost at least 1.8x lower")
     table.notes.append(
         "runs (update s, latency s): "
         + "; ".join(f"{k}: {[(round(u, 3), round(v, 3)) for u, v in results[k].runs]}" for k in results)
@@ -521,18 +539,18 @@ def section_issue2(report: Report, preset: Preset) -> dict[str, object]:
     latency_ratio = usual.latency_s / r.latency_s
     whole_ratio = r.whole_s / usual.whole_s
     report.target(
-        f"issue 2: epoch-end latency >= 3x lower ({n}x{d})",
+        f"epoch-end latency >= 3x lower than stack + svdvals ({n}x{d})",
         f"{latency_ratio:.2f}x ({fmt_seconds(r.latency_s)} vs {fmt_seconds(usual.latency_s)})",
         latency_ratio >= 3 if real else None,
         "" if latency_ratio >= 3 else f"short by {3 / latency_ratio:.2f}x: the latency is one eigvalsh of D x D",
     )
+    below = 1 / whole_ratio
     report.target(
-        f"issue 2: whole cost <= 1.1x the usual approach ({n}x{d})",
-        f"{whole_ratio:.2f}x ({fmt_seconds(r.whole_s)} vs {fmt_seconds(usual.whole_s)})",
-        whole_ratio <= 1.1 if real else None,
-        ""
-        if whole_ratio <= 1.1
-        else f"over by {whole_ratio / 1.1 - 1:.0%}: the float64 updates cost more than the float32 SVD they replace",
+        f"whole streaming cost >= 1.8x below stack + float32 svdvals ({n}x{d})",
+        f"{below:.2f}x below ({fmt_seconds(r.whole_s)} vs {fmt_seconds(usual.whole_s)}; updates"
+        f" {fmt_seconds(r.update_s)}, epoch end {fmt_seconds(r.latency_s)})",
+        below >= 1.8 if real else None,
+        "" if below >= 1.8 else f"short by {1.8 / below:.2f}x: see the update-path tables for where the time goes",
     )
     return {"results": results}
 
@@ -540,7 +558,7 @@ def section_issue2(report: Report, preset: Preset) -> dict[str, object]:
 def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], dict]) -> dict:
     from metric_bench import loglog_slope, run_cell, sync_bytes_formula
 
-    print("\n[2] issue 5: the N x D grid", flush=True)
+    print("\n[2] the N x D grid", flush=True)
     grid: dict[tuple[int, int], dict] = {}
     skipped: list[str] = []
     for n in preset.grid_n:
@@ -560,11 +578,11 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
 
     routes_all = ROUTES
     table = Table(
-        "Issue 5: time per epoch (updates / epoch-end latency / whole cost), batches of 512",
+        "N x D grid: time per epoch (updates / epoch-end latency / whole cost), batches of 512",
         ["N", "D", *[ROUTE_LABELS[r] for r in routes_all], "reps"],
     )
     ratios = Table(
-        "Issue 5: ratios from the same runs (latency: usual / route, > 1 favours the route; whole: route / usual,"
+        "N x D grid: ratios from the same runs (latency: usual / route, > 1 favours the route; whole: route / usual,"
         " < 1 favours the route)",
         [
             "N",
@@ -603,7 +621,7 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
     report.add(ratios)
 
     mem = Table(
-        "Issue 5: memory (state held, peak "
+        "N x D grid: memory (state held, peak "
         + ("device memory" if on_accelerator() else "heap growth")
         + " during the epoch) and bytes sent per sync",
         [
@@ -665,7 +683,7 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
     )
 
     growth = Table(
-        "Issue 5: growth exponents (log-log slope: cost ~ N^a at fixed D, ~ D^b at fixed N)",
+        "N x D grid: growth exponents (log-log slope: cost ~ N^a at fixed D, ~ D^b at fixed N)",
         ["route", "quantity", *[f"a (D={d})" for d in preset.grid_d], *[f"b (N={n})" for n in preset.grid_n]],
     )
     for route in ROUTES:
@@ -698,11 +716,11 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
         res = grid.get((n, d))
         if not res or "gram" not in res or "usual" not in res:
             if real:
-                report.target(f"issue 5: latency >= {need:.0f}x lower at {n}x{d}", "not measured", None, "")
+                report.target(f"epoch-end latency >= {need:.0f}x lower at {n}x{d}", "not measured", None, "")
             continue
         ratio = res["usual"].latency_s / res["gram"].latency_s
         report.target(
-            f"issue 5: epoch-end latency >= {need:.0f}x lower at {n}x{d}",
+            f"epoch-end latency >= {need:.0f}x lower at {n}x{d}",
             f"{ratio:.1f}x ({fmt_seconds(res['gram'].latency_s)} vs {fmt_seconds(res['usual'].latency_s)})",
             ratio >= need if real else None,
             ""
@@ -715,7 +733,7 @@ def section_grid(report: Report, preset: Preset, reuse: dict[tuple[int, int], di
     over = [f"{n}x{d}: {r:.2f}x" for (n, d), r in whole.items() if r > 1]
     worst = max(whole.items(), key=lambda item: item[1]) if whole else None
     report.target(
-        "issue 5: whole cost no more than the usual approach's (every grid cell)",
+        "whole cost no more than the usual approach's (every grid cell)",
         "; ".join(
             [f"{n}x{d}: {whole[(n, d)]:.2f}x" for n, d in key_cells]
             + ([f"worst {worst[0][0]}x{worst[0][1]}: {worst[1]:.2f}x"] if worst else [])
@@ -766,7 +784,7 @@ def section_few_rows(report: Report, preset: Preset) -> None:
         )
         (gram_loses if res["gram"].whole_s > res["embeddings"].whole_s else gram_wins).append(f"{n}x{d}")
     table.notes.append(
-        "outside the issue's grid (N >= 4096 there); one run each. The gram route's epoch end is one eigvalsh of"
+        "outside the grid (N >= 4096 there); one run each. The gram route's epoch end is one eigvalsh of"
         " D x D whatever N is, while an SVD of N x D rows costs about N^2 D: the fewer the rows, the cheaper the"
         " SVD"
     )
@@ -791,6 +809,18 @@ def explain_grid(report: Report, grid: dict[tuple[int, int], dict]) -> None:
         return grid.get((n, d), {}).get(route)
 
     ns = sorted({n for n, _ in grid})
+    for n in ns:
+        per_d = [
+            f"D={d}: {grid[(n, d)]['usual'].whole_s / grid[(n, d)]['gram'].whole_s:.2f}x"
+            for d in sorted(d for m, d in grid if m == n)
+            if "gram" in grid[(n, d)] and "usual" in grid[(n, d)]
+        ]
+        if per_d:
+            report.findings.append(
+                f"Whole streaming cost (all updates and the epoch end) below stack + float32 svdvals, N={n}: "
+                + ", ".join(per_d)
+                + " (usual / gram; > 1 favours the metric)."
+            )
     d = 2048 if any(k[1] == 2048 for k in grid) else max(k[1] for k in grid)
     lat = [(n, get(n, d, "gram"), get(n, d, "usual")) for n in ns]
     lat = [(n, g, u) for n, g, u in lat if g is not None and u is not None]
@@ -1041,6 +1071,46 @@ def profile_callback(preset: Preset) -> str:
 # ---------------------------------------------------------------------------------------------- main
 
 
+_BEGIN = "<!-- machine: {} -->"
+_END = "<!-- end of machine: {} -->"
+_MACHINE_LINE = re.compile(r"<!-- machine: (.+?) -->\n(.*?)<!-- end of machine: \1 -->\n?", re.S)
+
+
+def merge_machine_section(previous: str, key: str, report: str) -> str:
+    """The benchmarks file with this machine's section replaced and every other machine's kept.
+
+    Sections are keyed by the CPU model (or the accelerator); each is one run's full report with its headings
+    one level down. A file written before sections existed becomes the section of the CPU named in it.
+    """
+    sections = {name: body for name, body in _MACHINE_LINE.findall(previous)}
+    if previous.strip() and not sections:
+        legacy = re.search(r"^- CPU: (.+?)(?: \(|, |$)", previous, re.M)
+        sections[legacy.group(1).strip() if legacy else "an earlier machine"] = _demote(previous)
+    sections[key] = _demote(report)
+    out = [
+        "# RankMe benchmarks",
+        "",
+        "One section per machine (CPU model or accelerator), each the latest `benchmarks/run.py` report measured"
+        " there; `make bench` replaces the section of the machine it runs on and keeps the others.",
+        "",
+        *[f"- [{name}](#{_anchor(name)})" for name in sections],
+        "",
+    ]
+    for name, body in sections.items():
+        out += [_BEGIN.format(name), f"## {name}", "", body.strip(), _END.format(name), ""]
+    return "\n".join(out)
+
+
+def _demote(markdown: str) -> str:
+    """One report's headings one level down, its own title dropped."""
+    lines = [line for line in markdown.splitlines() if not line.startswith("# ")]
+    return "\n".join("#" + line if line.startswith("#") else line for line in lines)
+
+
+def _anchor(title: str) -> str:
+    return re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+
+
 def markdown_target(args: argparse.Namespace) -> Path | None:
     """Where the report goes: ``--markdown``, else docs/benchmarks.md for a complete default or full run only; a
     ``--quick`` or ``--only`` run would replace the recorded numbers with toy or partial ones, so it prints only."""
@@ -1102,9 +1172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "limits" in sections:
         section_limits(report, preset)
     reuse: dict[tuple[int, int], dict] = {}
-    if "issue2" in sections:
-        issue2 = section_issue2(report, preset)
-        reuse[preset.issue2] = issue2["results"]  # type: ignore[assignment]
+    if "streaming" in sections:
+        streaming = section_streaming(report, preset)
+        reuse[preset.streaming] = streaming["results"]  # type: ignore[assignment]
     grid = section_grid(report, preset, reuse) if "grid" in sections else {}
     if grid:
         explain_grid(report, grid)
@@ -1117,8 +1187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "paper" in sections:
         section_paper(report, preset)
 
-    if preset.profile and "issue2" in sections:  # profiles of section 1's cell, once per set of runs
-        n, d = preset.issue2
+    if preset.profile and "streaming" in sections:  # profiles of section 1's cell, once per set of runs
+        n, d = preset.streaming
         print("\nprofiling one gram epoch and one usual compute ...", flush=True)
         report.profiles.append((f"torch.profiler: one gram epoch, N={n}, D={d}", profile_gram_epoch(n, d)))
         report.profiles.append((f"torch.profiler: the usual approach's compute, N={n}, D={d}", profile_usual(n, d)))
@@ -1139,8 +1209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = markdown_target(args)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(report.markdown(elapsed))
-        print(f"wrote {target}")
+        key = machine.accelerator or machine.cpu
+        previous = target.read_text() if target.exists() else ""
+        target.write_text(merge_machine_section(previous, key, report.markdown(elapsed)))
+        print(f"wrote {target} (the section of {key}; other machines' sections kept)")
     return 0
 
 

@@ -30,14 +30,15 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 TITLES = [
     "Float64 matrix-product rate of this machine",
     "Update path throughput",
-    "Block-size sweep of the lower-triangle product",
+    "Leaf sweep of the lower-triangle product",
     "Per-batch cost of RankMe.update besides the product",
+    "Epoch-end eigvalsh options at D=256",
     "eigvalsh of a D x D float64 Gram matrix",
-    "Issue 2: N=2048, D=256",
-    "Issue 5: time per epoch",
-    "Issue 5: ratios",
-    "Issue 5: memory",
-    "Issue 5: growth exponents",
+    "Streaming vs stack + float32 svdvals: N=2048, D=256",
+    "N x D grid: time per epoch",
+    "N x D grid: ratios",
+    "N x D grid: memory",
+    "N x D grid: growth exponents",
     "Fewer rows than features (N < D)",
     "Float32 vs float64 accumulation",
     "Relative error of RankMe vs a float64 numpy SVD",
@@ -60,23 +61,23 @@ def test_quick_prints_every_table(quick_run: tuple[str, str]) -> None:
 def test_quick_rows(quick_run: tuple[str, str]) -> None:
     stdout, _ = quick_run
     lines = stdout.splitlines()
-    issue2 = lines[lines.index(next(line for line in lines if line.startswith("Issue 2:"))) :]
+    streaming = lines[lines.index(next(line for line in lines if line.startswith("Streaming vs stack"))) :]
     for route in ("gram", "embeddings", "usual"):
-        assert any(line.startswith(route + " ") for line in issue2[:10]), route
+        assert any(line.startswith(route + " ") for line in streaming[:10]), route
     grid_rows = [line.split() for line in lines if line.split()[:2] in (["1024", "64"], ["2048", "256"])]
     assert len(grid_rows) >= 4  # time and memory tables, two cells each
     for spectrum in ("rank 1 + 1e-6 noise", "offset 1e3", "post-ReLU", "scale 1e6", "N<D"):
         assert any(line.startswith(spectrum) for line in lines), spectrum
     for target in (
-        "issue 2: epoch-end latency",
-        "issue 2: whole cost",
-        "issue 5: whole cost",
-        "update throughput",
+        "epoch-end latency >= 3x lower than stack",
+        "whole streaming cost >= 1.8x below",
+        "whole cost no more",
+        "update >= 85% of float64 mm",
         "two callbacks",
         "gram state and bytes per sync",
     ):
         assert any(line.startswith(target) for line in lines), target
-    assert "full product (the pre-change update)" in stdout
+    assert "tuner's timings per product" in stdout
 
 
 @pytest.mark.slow
@@ -219,3 +220,21 @@ def test_benchmark_routes_really_run_on_cuda(monkeypatch: pytest.MonkeyPatch) ->
             assert result.peak_bytes > 0, route  # device memory was allocated: the route ran on the GPU
     finally:
         common.set_device("cpu")
+
+
+def test_the_benchmarks_file_keeps_one_section_per_machine() -> None:
+    run = _run_module()
+    legacy = (
+        "# RankMe benchmarks\n\n## Machine and run\n\n- CPU: Old Xeon (x86_64), 2 cores\n\n### Table\n\nold numbers\n"
+    )
+    first = run.merge_machine_section(legacy, "New EPYC", "# RankMe benchmarks\n\n## Machine and run\n\nnew numbers\n")
+    assert "<!-- machine: Old Xeon -->" in first
+    assert "old numbers" in first
+    assert "#### Table" in first  # the old report's headings one level down, under its machine
+    assert "new numbers" in first
+    again = run.merge_machine_section(first, "New EPYC", "# RankMe benchmarks\n\nnewer numbers\n")
+    assert "old numbers" in again
+    assert "newer numbers" in again
+    assert "new numbers\n" not in again
+    assert again.count("<!-- machine: ") == 2
+    assert again.startswith("# RankMe benchmarks")

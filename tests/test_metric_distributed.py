@@ -7,8 +7,10 @@ raised) to a file; the tests compare those with the float64 reference over the r
 from __future__ import annotations
 
 import datetime
+import math
 import socket
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import make_embeddings, random_batches, reference_rankme, reference_singular_values
 
-from rankme import RankMe
+from rankme import RankMe, RankMeWarning
 
 pytestmark = pytest.mark.distributed
 
@@ -40,6 +42,16 @@ SCENARIOS: dict[str, tuple[dict[str, Any], dict[int, torch.Tensor], torch.Tensor
     "max-samples": ({"max_samples": 25}, {0: _Z[:40], 1: _Z[40:]}, torch.cat([_Z[:13], _Z[40:52]])),
     "constant-rows-centred": ({"center": True}, {0: _CONSTANT[:30], 1: _CONSTANT[30:]}, None),
     "no-samples-anywhere": ({}, {0: _Z[:0], 1: _Z[:0]}, None),
+    # Z^T Z of these rows overflows float64; the ranks' scales differ by 2^4, and both contribute
+    "scales-differ": ({}, {0: _Z[:35] * 2.0**600, 1: _Z[35:] * 2.0**596}, torch.cat([_Z[:35], _Z[35:] * 2.0**-4])),
+    "scales-differ-centred": (
+        {"center": True},
+        {0: _Z[:35] * 2.0**-600, 1: _Z[35:] * 2.0**-596},
+        torch.cat([_Z[:35] * 2.0**-4, _Z[35:]]),
+    ),
+    # N < D overall: the capped warning comes from every rank's compute, and is given on rank 0 alone
+    "few-rows": ({}, {0: _Z[:4], 1: _Z[4:9]}, _Z[:9]),
+    "non-finite-on-rank-1": ({"nan_strategy": "propagate"}, {0: _Z[:30], 1: _Z[30:].clone().fill_(math.nan)}, None),
     "mismatched-features": ({}, {0: _Z[:20], 1: _OTHER_D}, None),
 }
 
@@ -50,11 +62,14 @@ def _run_scenario(mode: str, kwargs: dict[str, Any], shard: torch.Tensor, rank: 
         for batch in random_batches(shard, seed=rank):
             metric.update(batch)
     try:
-        value = metric.compute()
-        summary = metric.summary()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = metric.compute()
+            summary = metric.summary()
     except Exception as err:  # recorded, not raised: the tests check what every rank saw
         return {"error": f"{type(err).__name__}: {err}"}
     return {
+        "warnings": [(w.category.__name__, str(w.message)) for w in caught if issubclass(w.category, RankMeWarning)],
         "value": value.item(),
         "singular_values": summary.singular_values,
         "num_samples": summary.num_samples,
@@ -119,7 +134,16 @@ def per_rank(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
     "scenario",
-    ["uneven", "uneven-centred", "rank1-no-samples", "rank0-no-samples-centred", "max-samples"],
+    [
+        "uneven",
+        "uneven-centred",
+        "rank1-no-samples",
+        "rank0-no-samples-centred",
+        "max-samples",
+        "scales-differ",
+        "scales-differ-centred",
+        "few-rows",
+    ],
 )
 def test_every_rank_gets_the_value_of_one_process_over_all_rows(
     per_rank: list[dict[str, Any]], scenario: str, mode: str
@@ -153,7 +177,7 @@ def test_every_rank_gets_the_spectrum_of_all_rows(per_rank: list[dict[str, Any]]
 def test_no_samples_on_any_rank_raises_on_every_rank(per_rank: list[dict[str, Any]], mode: str) -> None:
     for result in per_rank:
         error = result[f"no-samples-anywhere/{mode}"].get("error", "")
-        assert error.startswith("ValueError: ")
+        assert error.startswith("RankMeNoSamplesError: ")  # a ValueError subclass of its own
         assert "no samples" in error
 
 
@@ -172,3 +196,19 @@ def test_identical_rows_on_every_rank_read_as_collapsed_when_centred(per_rank: l
     for rank, result in enumerate(result["constant-rows-centred/" + mode] for result in per_rank):
         assert "error" not in result, f"rank {rank}: {result['error']}"
         assert 1.0 <= result["value"] < 1.001, f"rank {rank}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("scenario", "message"), [("few-rows", "capped by N"), ("non-finite-on-rank-1", "RankMe is NaN")]
+)
+def test_a_warning_about_the_synced_value_is_given_on_rank_zero_alone(
+    per_rank: list[dict[str, Any]], scenario: str, mode: str, message: str
+) -> None:
+    results = [result[f"{scenario}/{mode}"] for result in per_rank]
+    for rank, result in enumerate(results):
+        assert "error" not in result, f"rank {rank}: {result['error']}"
+    assert [(category, message in text) for category, text in results[0]["warnings"]] == [("RankMeWarning", True)]
+    assert results[1]["warnings"] == []
+    if scenario == "non-finite-on-rank-1":
+        assert all(math.isnan(result["value"]) for result in results)

@@ -7,12 +7,27 @@ singular values (an SVD of the stacked rows, or the eigenvalues of a streamed Gr
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 DEFAULT_EPS = 1e-7
+# Warnings point past frames in these packages, at the user's line: rankme's own, torch's (Module.__call__) and
+# torchmetrics' (the wrappers around update and compute).
+_INTERNAL_DIRS = tuple(
+    str(Path(spec.origin).parent)
+    for spec in map(importlib.util.find_spec, ("rankme", "torch", "torchmetrics"))
+    if spec is not None and spec.origin is not None
+)
+MAX_EPS = 1e-2
+"""The largest ``eps`` accepted. The value never falls below ``(1 + eps) ** -(1 + eps)``, about ``1 - eps``, instead
+of RankMe's floor of 1 (the rank-one value), and ``eps`` lifts every other ``p_k``: above 1e-2 the result is no longer
+on the paper's scale (which uses 1e-7; some tools use 1e-5)."""
 
 
 class RankMeWarning(UserWarning):
@@ -36,8 +51,11 @@ class RankMeNoSamplesError(ValueError):
 
 
 def _check_eps(eps: float) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0 or eps == float("inf"):
-        raise ValueError(f"Expected argument `eps` to be a finite float >= 0 (the paper uses 1e-7), but got {eps!r}.")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= MAX_EPS:
+        raise ValueError(
+            f"Expected argument `eps` to be a float in [0, {MAX_EPS}] (the paper uses 1e-7; a larger eps pushes"
+            f" RankMe below its floor of 1), but got {eps!r}."
+        )
 
 
 def _check_int(name: str, value: object, lowest: int, allow_none: bool = False, hint: str = "") -> None:
@@ -55,20 +73,28 @@ def _check_bool(name: str, value: object) -> None:
         raise ValueError(f"Expected argument `{name}` to be a bool, but got {value!r}.")
 
 
-def _check_embeddings(z: Tensor, expected_features: int | None = None) -> None:
-    """Raise a ``ValueError`` unless ``z`` is a floating-point (batch, features) tensor."""
+def _check_embeddings(z: object, expected_features: int | None = None) -> None:
+    """Raise a ``ValueError`` unless ``z`` is a dense, real floating-point (batch, features) tensor with values."""
     if not isinstance(z, Tensor):
-        raise ValueError(f"Expected embeddings to be a torch.Tensor of shape (batch, features), but got {type(z)}.")
+        hint = " Convert it with `torch.from_numpy(z)`." if type(z).__module__ == "numpy" else ""
+        raise ValueError(
+            f"Expected embeddings to be a torch.Tensor of shape (batch, features), but got {type(z).__name__}.{hint}"
+        )
+    if z.is_nested or z.layout != torch.strided:
+        layout = "nested" if z.is_nested else str(z.layout)
+        raise ValueError(f"Expected a dense tensor of embeddings, but got a {layout} one: pass `z.to_dense()`.")
+    if z.is_meta:
+        raise ValueError(
+            "Expected embeddings with values, but got a tensor on the meta device (a shape without data)."
+            " Run the model on a real device (cpu or cuda) first."
+        )
     if z.ndim != 2:
         raise ValueError(
             f"Expected embeddings of shape (batch, features), but got a {z.ndim}-D tensor of shape {tuple(z.shape)}."
             " Flatten or pool them first, e.g. `z.flatten(1)` or `z.mean(dim=1)` for tokens."
         )
     if not z.is_floating_point():
-        raise ValueError(
-            f"Expected floating-point embeddings, but got dtype {z.dtype}. Integer tensors are usually labels or"
-            " indices passed by mistake; if they really are embeddings, pass `z.float()`."
-        )
+        raise ValueError(f"Expected floating-point embeddings, but got dtype {z.dtype}. {_dtype_hint(z.dtype)}")
     if z.shape[1] == 0:
         raise ValueError(f"Expected at least one feature per row, but got shape {tuple(z.shape)}.")
     if expected_features is not None and z.shape[1] != expected_features:
@@ -78,27 +104,82 @@ def _check_embeddings(z: Tensor, expected_features: int | None = None) -> None:
         )
 
 
-def _warn_capped(num_samples: int, num_features: int) -> None:
-    warnings.warn(
-        f"RankMe is computed on N={num_samples} samples of D={num_features} features: with N < D the value is"
-        f" capped by N, not by D. Use at least D samples (the paper uses 25600) to compare runs.",
-        RankMeWarning,
-        stacklevel=3,
+def _dtype_hint(dtype: torch.dtype) -> str:
+    """How to fix a non-floating dtype, said about that dtype."""
+    if dtype == torch.bool:
+        return "A bool tensor is a mask, not embeddings; if it really holds features, pass `z.float()`."
+    if dtype.is_complex:
+        return "RankMe is defined for real embeddings: pass `z.real`, `z.abs()` or `torch.view_as_real(z).flatten(1)`."
+    if dtype in (torch.qint8, torch.quint8, torch.qint32, torch.quint4x2, torch.quint2x4):
+        return "Pass `z.dequantize()`."
+    return (
+        "Integer tensors are usually labels or indices passed by mistake; if they really are embeddings,"
+        " pass `z.float()`."
     )
 
 
-def _effective_rank(singular_values: Tensor, eps: float) -> Tensor:
+def _abs_max(z: Tensor) -> Tensor:
+    """``max |z|`` as a float64 0-dim tensor on ``z``'s device, in one reduction (NaN or inf if ``z`` holds them).
+
+    It is both the finiteness test and the scale of the batch (0 for an empty or all-zero batch).
+    """
+    if z.numel() == 0:
+        return torch.zeros((), dtype=torch.float64, device=z.device)
+    if z.element_size() == 1:  # float8: no reductions on CPU
+        z = z.float()
+    low, high = torch.aminmax(z)  # one pass; much faster than vector_norm(z, inf) on CPU; NaN propagates
+    return torch.maximum(-low, high).to(torch.float64)
+
+
+def _power_of_two_scale(abs_max: Tensor) -> Tensor:
+    """A power of two ``p`` with ``abs_max / p`` in [1, 2), as a float64 tensor; 0 where ``abs_max`` is 0.
+
+    Dividing by it is exact, and keeps squares and their sums far from float64's overflow and underflow. It is
+    clamped to [2^-1000, 2^1023], so its reciprocal is finite too (values below 2^-1000 keep their own bits).
+    """
+    _, exponent = torch.frexp(abs_max)
+    scale = torch.ldexp(torch.ones_like(abs_max), (exponent - 1).clamp(-1000, 1023))
+    return torch.where(abs_max > 0, scale, 0.0)
+
+
+def _warn(message: str, once_per_job: bool = False, group: Any = None) -> None:
+    """Warn with :class:`RankMeWarning`, pointing at the first caller outside rankme, torchmetrics and torch.
+
+    With ``once_per_job`` only rank 0 (of ``group``) warns under torch.distributed: a value that every rank
+    computes after a sync would otherwise warn once per rank.
+    """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if once_per_job and distributed and torch.distributed.get_rank(group) != 0:
+        return
+    frame, stacklevel = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame, stacklevel = frame.f_back, stacklevel + 1
+    warnings.warn(message, RankMeWarning, stacklevel=stacklevel)
+
+
+def _warn_capped(num_samples: int, num_features: int, once_per_job: bool = False, group: Any = None) -> None:
+    _warn(
+        f"RankMe is computed on N={num_samples} samples of D={num_features} features: with N < D the value is"
+        f" capped by N, not by D. Use at least D samples (the paper uses 25600) to compare runs.",
+        once_per_job,
+        group,
+    )
+
+
+def _effective_rank(singular_values: Tensor, eps: float, once_per_job: bool = False, group: Any = None) -> Tensor:
     """The paper's RankMe of a vector of singular values, in float64.
 
     ``p_k = s_k / sum(s) + eps`` and the value is ``exp(-sum_k p_k log p_k)``. A spectrum of zeros (a
-    completely collapsed encoder) has RankMe 1 by convention, with a warning.
+    completely collapsed encoder) has RankMe 1 by convention, with a warning (on rank 0 alone with
+    ``once_per_job``). The spectrum is first divided by a power of two near its largest value (exact, and
+    the value does not depend on the scale), so the sum cannot overflow.
     """
     s = singular_values.to(torch.float64)
+    if s.numel():
+        s = s / _power_of_two_scale(s.max()).clamp(min=torch.finfo(torch.float64).tiny)
     total = s.sum()
     if total <= 0:
-        warnings.warn(
-            "All embeddings are zero (complete collapse): RankMe is 1.0 by convention.", RankMeWarning, stacklevel=3
-        )
+        _warn("All embeddings are zero (complete collapse): RankMe is 1.0 by convention.", once_per_job, group)
         return torch.ones((), dtype=torch.float64, device=s.device)
     p = s / total + eps
     return torch.exp(-torch.special.xlogy(p, p).sum())  # xlogy: 0 log 0 = 0 when eps = 0
@@ -111,12 +192,20 @@ def _singular_values_from_gram(gram: Tensor, num_samples: int) -> Tensor:
     return eigenvalues.flip(0)[:keep].clamp(min=0).sqrt()
 
 
-def _singular_values(z: Tensor, center: bool) -> Tensor:
-    """The min(N, D) singular values, descending, of ``z`` (column-centred first if asked), by float64 SVD."""
+def _singular_values(z: Tensor, center: bool) -> tuple[Tensor, Tensor]:
+    """The min(N, D) singular values, descending, of ``z`` (column-centred first if asked), by float64 SVD.
+
+    Returns them divided by a power-of-two ``scale`` near ``max |z|``, and that scale: the division is exact and
+    keeps the SVD and the centring away from float64's overflow and underflow; ``s * scale`` are the values in
+    the units of ``z`` (infinite only where they truly exceed float64's range).
+    """
     z64 = z.detach().to(torch.float64)
-    if center:
+    scale = _power_of_two_scale(_abs_max(z64))
+    z64 = z64 * torch.where(scale > 0, 1 / scale, 0.0)
+    if center:  # about the first row first, so that identical rows centre to exactly zero (as in gram mode)
+        z64 = z64 - z64[:1]
         z64 = z64 - z64.mean(dim=0, keepdim=True)
-    return torch.linalg.svdvals(z64)
+    return torch.linalg.svdvals(z64), scale
 
 
 def rankme(z: Tensor, eps: float = DEFAULT_EPS, center: bool = False) -> Tensor:
@@ -134,9 +223,12 @@ def rankme(z: Tensor, eps: float = DEFAULT_EPS, center: bool = False) -> Tensor:
     Returns:
         A 0-dim tensor of the default float dtype, on ``z``'s device.
 
+    Inputs of any magnitude that float64 holds (1e-300 or 1e300 alike) give the exact value: the rows are
+    divided by a power of two near ``max |z|`` before the SVD, which leaves RankMe unchanged.
+
     Raises:
-        ValueError: if ``z`` is not a 2-D floating tensor with at least one row, holds NaN or infinity,
-            or ``eps`` is negative.
+        ValueError: if ``z`` is not a dense, real floating-point 2-D tensor with at least one row, holds NaN or
+            infinity, ``eps`` is outside [0, 1e-2] or ``center`` is not a bool.
 
     Example:
         >>> import torch
@@ -147,11 +239,13 @@ def rankme(z: Tensor, eps: float = DEFAULT_EPS, center: bool = False) -> Tensor:
         1.0
     """
     _check_eps(eps)
+    _check_bool("center", center)
     _check_embeddings(z)
     if z.shape[0] == 0:
         raise ValueError("Expected at least one row, but got an empty (0, D) tensor.")
-    if not torch.isfinite(z).all():
+    if not torch.isfinite(_abs_max(z)):
         raise ValueError("Expected finite embeddings, but `z` holds NaN or infinity. Drop or fix those rows first.")
     if z.shape[0] < z.shape[1]:
         _warn_capped(z.shape[0], z.shape[1])
-    return _effective_rank(_singular_values(z, center), eps).to(torch.get_default_dtype())
+    singular_values, _ = _singular_values(z, center)
+    return _effective_rank(singular_values, eps).to(torch.get_default_dtype())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
@@ -18,13 +19,16 @@ from rankme.functional import (
     DEFAULT_EPS,
     RankMeNoSamplesError,
     RankMeWarning,
+    _abs_max,
     _check_bool,
     _check_embeddings,
     _check_eps,
     _check_int,
     _effective_rank,
+    _power_of_two_scale,
     _singular_values,
     _singular_values_from_gram,
+    _warn,
     _warn_capped,
     rankme,
 )
@@ -36,23 +40,108 @@ _NAN_STRATEGIES = ("error", "ignore", "propagate")
 
 
 _TRIANGLE_MIN_FEATURES = 256
+_BUFFER_ROWS = 2048
+"""Rows gathered (float64, ``_BUFFER_ROWS * D * 8`` bytes) before one product: small batches make small GEMMs,
+which run well below the machine's float64 rate, and every product also reads and writes the D x D state."""
 
 
-def _add_gram_(gram: Tensor, z: Tensor) -> None:
-    """``gram += z^T z`` on and below the diagonal only, in place: about half the FLOP of the full product.
+def _default_block(num_features: int) -> int | None:
+    """The leaf size before the machine is measured at this D: ``max(64, D // 8)``, or None (full) below 256."""
+    return None if num_features < _TRIANGLE_MIN_FEATURES else max(64, num_features // 8)
 
-    One GEMM per block row of ``max(64, D // 16)`` features. The strictly-upper blocks of ``gram`` are never
-    written: every reader of the state (``eigvalsh``, which reads the lower triangle, and the sums and rank-one
-    corrections of syncs and merges) works on the lower triangle alone. Below 256 features the full product.
+
+def _add_gram_(
+    gram: Tensor,
+    rows: Tensor,
+    gram_factor: Tensor | None = None,
+    row_factor: Tensor | None = None,
+    block: int | None = 0,
+) -> None:
+    """``gram = gram_factor * gram + (row_factor * rows)^T (row_factor * rows)``, on and below the diagonal, in place.
+
+    The lower triangle of ``X^T X`` for ``X = [X1 X2]`` is the off-diagonal block ``X2^T X1`` (one large GEMM) and
+    the lower triangles of ``X1^T X1`` and ``X2^T X2``, split the same way down to diagonal squares of at most
+    ``block`` features (``0``: :func:`_default_block`; ``None``: one full product), which are full products. With
+    leaves of D/8 it does ``1.125 n D^2`` FLOP instead of ``2 n D^2``, half of it in one GEMM of D/2 x D/2.
+    ``rows`` is first multiplied by ``row_factor`` in place, and each block of ``gram`` by ``gram_factor`` just
+    before its GEMM, while it is in cache (0-dim device tensors: the state's rescaling, see :class:`RankMe`). The
+    strictly-upper blocks of ``gram`` are not kept up to date: every reader of the state (``eigvalsh``, which reads
+    the lower triangle, and the sums and rank-one corrections of syncs and merges) works on the lower triangle alone.
     """
-    d = z.shape[1]
-    if d < _TRIANGLE_MIN_FEATURES:
-        gram.addmm_(z.T, z)
-        return
-    block = max(64, d // 16)
-    for start in range(0, d, block):
-        stop = min(start + block, d)
-        gram[start:stop, :stop].addmm_(z[:, start:stop].T, z[:, :stop])
+    d = rows.shape[1]
+    block = _default_block(d) if block == 0 else block
+    if row_factor is not None:
+        rows.mul_(row_factor)
+
+    def add(target: Tensor, left: Tensor, right: Tensor) -> None:
+        if gram_factor is not None:
+            target.mul_(gram_factor)
+        target.addmm_(left.T, right)
+
+    def lower(lo: int, hi: int) -> None:
+        if block is None or hi - lo <= block:
+            add(gram[lo:hi, lo:hi], rows[:, lo:hi], rows[:, lo:hi])
+            return
+        mid = (lo + hi) // 2
+        add(gram[mid:hi, lo:mid], rows[:, mid:hi], rows[:, lo:mid])
+        lower(lo, mid)
+        lower(mid, hi)
+
+    lower(0, d)
+
+
+class _BlockTuner:
+    """Chooses the leaf size of :func:`_add_gram_` per device type and D from timings of real products.
+
+    The first full-buffer products at a D each try one candidate (the full product, and leaves of D/32 to D/2
+    features, at least 64: fewer FLOP, or fewer and larger GEMMs), then the two fastest once more, and the
+    fastest is kept for the rest of the process. The products are the metric's real work, so trying costs only
+    the difference between candidates. On an accelerator each timed product synchronises the device: a few times
+    per D and process, never afterwards.
+    """
+
+    rounds_for_the_best = 2
+
+    def __init__(self) -> None:
+        self.choice: dict[tuple[str, int], int | None] = {}
+        self.timings: dict[tuple[str, int], dict[int | None, list[float]]] = {}
+
+    @staticmethod
+    def candidates(num_features: int) -> list[int | None]:
+        if num_features < _TRIANGLE_MIN_FEATURES:
+            return [None]
+        blocks = {num_features // parts for parts in (32, 16, 8, 4, 2)}
+        return [None, *sorted(b for b in blocks if b >= 64)]
+
+    def block(self, device: torch.device, num_features: int) -> tuple[int | None, bool]:
+        """The block size to use now, and whether to time this product."""
+        key = (device.type, num_features)
+        if key in self.choice:
+            return self.choice[key], False
+        candidates = self.candidates(num_features)
+        if len(candidates) == 1:
+            self.choice[key] = candidates[0]
+            return candidates[0], False
+        timings = self.timings.setdefault(key, {c: [] for c in candidates})
+        untried = [c for c in candidates if not timings[c]]
+        if untried:
+            return untried[0], True
+        finalists = sorted(candidates, key=lambda c: min(timings[c]))[:2]
+        again = [c for c in finalists if len(timings[c]) < self.rounds_for_the_best]
+        if again:
+            return again[0], True
+        self.choice[key] = finalists[0]
+        return finalists[0], False
+
+    def default(self, device: torch.device, num_features: int) -> int | None:
+        """The block size for an untimed product: the choice once made, else :func:`_default_block`."""
+        return self.choice.get((device.type, num_features), _default_block(num_features))
+
+    def record(self, device: torch.device, num_features: int, block: int | None, seconds: float) -> None:
+        self.timings[(device.type, num_features)][block].append(seconds)
+
+
+_TUNER = _BlockTuner()
 
 
 class RankMeSummary(NamedTuple):
@@ -84,23 +173,47 @@ class RankMe(Metric):
 
     Two modes give the same value (to about 1e-8 relative):
 
-    - ``"gram"`` (default): a running float64 ``Z^T Z`` (D x D) and N; with ``center=True`` the scatter
-      matrix about the running mean instead, merged between batches and ranks with Chan's formula, so a
-      large offset never cancels catastrophically. The state does not grow with N, ranks exchange about
-      ``D^2`` numbers per sync, and compute is one ``eigvalsh`` of a D x D matrix, fast even for N in the
-      hundreds of thousands. Pick it unless D is much larger than N. Singular values below about
-      ``1e-8 * s_1`` are at the float64 Gram's rounding floor: on exactly rank-deficient data the value can
-      differ from an SVD's by up to about 1e-4 relative at D=2048 (1e-6 or better on the other spectra).
+    - ``"gram"`` (default): a running float64 ``Z^T Z`` (D x D, lower triangle only) and N; with ``center=True``
+      the scatter matrix about the running mean instead, merged between batches and ranks with Chan's formula, so
+      a large offset never cancels catastrophically. The state does not grow with N, ranks exchange about ``D^2``
+      numbers per sync, and compute is one ``eigvalsh`` of a D x D matrix, fast even for N in the hundreds of
+      thousands. Pick it unless D is much larger than N. Singular values below about ``1e-8 * s_1`` are at the
+      float64 Gram's rounding floor: on exactly rank-deficient data the value can differ from an SVD's by up to
+      about 1e-4 relative at D=2048 (1e-6 or better on the other spectra).
     - ``"embeddings"``: keeps every row (N x D float64 in memory, all rows gathered at sync) and takes an
       exact SVD at compute. Pick it when D is far larger than the number of samples, or to inspect rows.
 
-    On a GPU every :meth:`update` reads values back from the device: one boolean (the finiteness check that lets
-    a bad batch raise before it touches the state), and the row count with ``center=True`` or ``max_samples``.
-    Each read waits for the work queued before it.
+    **Any magnitude.** Squaring 1e200 overflows float64 and squaring 1e-200 underflows, so the Gram state is kept
+    in units of ``scale``, a power of two at or just below the largest ``|z|`` seen so far (a float64 state). Each
+    batch is divided by it; a batch with larger values raises it and the state is multiplied by the exact
+    power-of-two ratio of the scales. RankMe does not depend on the scale, so every value float64 can hold gives
+    the exact value; ranks are brought to a common scale before their states are summed, and so are merged states.
+    ``summary().singular_values`` are in the units of the input (infinite only where they exceed float64's range).
+
+    **Reads back to the host.** In the default gram mode, uncentred, without ``max_samples`` and with
+    ``nan_strategy="propagate"``, :meth:`update` reads nothing back from the device: the largest ``|z|`` of the
+    batch is both its scale and its finiteness test, and a non-finite batch is left out on the device. The other
+    options read per batch, because their work depends on the batch's contents: ``"error"`` must raise at the
+    batch that holds NaN or infinity (one boolean), ``"ignore"`` drops those rows and ``max_samples`` cuts the
+    batch (row counts, and indexing by them), ``center=True`` merges by the row count, and embeddings mode skips
+    empty batches. Each read waits for the work queued before it on a GPU.
+
+    **Speed.** Uncentred gram updates cast each batch into a float64 buffer of 2048 rows (``2048 * D * 8``
+    bytes, fixed) and multiply a full buffer in one product, so small batches still run near the machine's
+    float64 matrix-product rate; the queued rows join the state before anything reads it (:meth:`compute`,
+    :meth:`summary`, syncs, :meth:`merge_state`, ``metric_state``, ``state_dict``, device moves). The product
+    computes only the lower triangle of ``Z^T Z``, recursively, down to a leaf size chosen per D from timings
+    of the first full-buffer products in the process (on a GPU those few products synchronise the device).
+    The epoch end is one float64 ``eigvalsh``: float32 was faster but lost up to 87% of the value on a
+    near-collapsed spectrum at D=8192.
+
+    **Merging** (:meth:`merge_state`) needs the same ``mode`` and ``center`` (they decide what the state is);
+    ``eps`` only matters at compute (this metric's is used), ``nan_strategy`` only at update, and ``max_samples``
+    caps what each metric's updates keep: the merge adds every row both hold, as a sync does.
 
     Args:
         mode: ``"gram"`` or ``"embeddings"``, see above.
-        eps: the paper's smoothing constant (1e-7).
+        eps: the paper's smoothing constant (1e-7), in [0, 1e-2]: the value is at least about ``1 - eps``.
         center: subtract the column mean before taking singular values (off, as in the paper).
         max_samples: stop accumulating after this many rows in total (the paper uses 25600). Rows past the
             cap are ignored, first come first kept. Under ``torch.distributed`` with W ranks each rank keeps
@@ -110,11 +223,12 @@ class RankMe(Metric):
             that batch; ``"ignore"`` drops the non-finite rows with a warning that counts them; ``"propagate"``
             leaves such a batch out silently, counts it, and makes :meth:`compute` return NaN (with a warning) until
             :meth:`reset`: the policy of :class:`rankme.RankMeCallback`, and the only one with no host read per
-            batch (in the default gram mode, uncentred, without ``max_samples``).
+            batch (see above).
         metric_kwargs: passed to :class:`torchmetrics.Metric` (``process_group``, ``sync_on_compute``, ...).
 
     Raises:
-        ValueError: for an unknown ``mode`` or ``nan_strategy``, ``eps < 0`` or ``max_samples < 1``.
+        ValueError: for an unknown ``mode`` or ``nan_strategy``, ``eps`` outside [0, 1e-2], ``max_samples < 1``
+            or a ``center`` that is not a bool.
 
     Example:
         >>> import torch
@@ -135,6 +249,7 @@ class RankMe(Metric):
     plot_lower_bound = 1.0
 
     gram: Tensor
+    scale: Tensor
     mean: Tensor
     num_rows: Tensor
     non_finite_batches: Tensor
@@ -165,15 +280,19 @@ class RankMe(Metric):
         self.max_samples = max_samples
         self.nan_strategy = nan_strategy
         self._warned_capped = False
+        self._rows: Tensor | None = None  # rows waiting for the next product (uncentred gram mode), see _queue
+        self._rows_filled = 0
+        self._rows_abs_max = torch.zeros((), dtype=torch.float64)
 
         self.add_state("num_rows", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("non_finite_batches", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         if mode == "gram":
             # D is only known at the first update: the states start empty and are sized then. Only the lower
-            # triangle of `gram` is kept (see _add_gram_). Uncentred, `gram` is the sum of z^T z; centred, it
-            # is the scatter about this process's `mean`, which _sync_dist re-centres on the global mean before
-            # summing (the gathered means are not used after that).
+            # triangle of `gram` is kept (see _add_gram_), in units of `scale` (0 until a non-zero row arrives).
+            # Uncentred, `gram` is the sum of z^T z; centred, it is the scatter about this process's `mean`, which
+            # _sync_dist re-centres on the global mean before summing (the gathered means are not used after that).
             self.add_state("gram", default=torch.zeros(0, 0, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state("scale", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="max")
             if center:
                 self.add_state("mean", default=torch.zeros(0, dtype=torch.float64), dist_reduce_fx=None)
         else:
@@ -193,7 +312,14 @@ class RankMe(Metric):
         if self.num_features is not None:
             return
         if self.mode == "gram":
-            self.gram = torch.zeros(num_features, num_features, dtype=torch.float64, device=self.device)
+            try:
+                gram = torch.zeros(num_features, num_features, dtype=torch.float64, device=self.device)
+            except RuntimeError as err:  # torch.OutOfMemoryError included
+                raise ValueError(
+                    f"Expected D x D float64 to fit in memory in gram mode, but D={num_features} needs"
+                    f" {num_features**2 * 8 / 2**30:.3g} GiB. Use mode='embeddings' (N x D) or fewer features."
+                ) from err
+            self.gram = gram
             if self.center:
                 self.mean = torch.zeros(num_features, dtype=torch.float64, device=self.device)
         else:
@@ -212,69 +338,137 @@ class RankMe(Metric):
         """Add a (batch, D) tensor of embeddings; no autograd graph is kept.
 
         Raises:
-            ValueError: if ``z`` is not a 2-D floating tensor, its D differs from earlier batches, or it holds
-                NaN or infinity under ``nan_strategy="error"``. The state is then left as it was.
+            ValueError: if ``z`` is not a dense, real floating-point 2-D tensor, its D differs from earlier batches,
+                or it holds NaN or infinity under ``nan_strategy="error"``. The state is then left as it was.
         """
         _check_embeddings(z, self.num_features)
-        if self.nan_strategy == "propagate" and self._update_or_skip_on_device(z):
+        z = z.detach()
+        abs_max = _abs_max(z).to(self.device)  # one reduction: the batch's scale and its finiteness test
+        if self.mode == "gram" and not self.center and self.max_samples is None and self.nan_strategy == "propagate":
+            self._update_on_device(z, abs_max)
             return
-        # embeddings mode keeps the rows: copy, or a caller reusing its buffer would rewrite them
-        z64 = z.detach().to(device=self.device, dtype=torch.float64, copy=self.mode == "embeddings")
-        # One reduction first: NaN or infinity anywhere makes the sum non-finite, and the float64 sum of values
-        # upcast from float32/16 cannot overflow, so the per-row check only runs on batches that need it.
-        finite = torch.isfinite(z64).all(dim=1) if not bool(torch.isfinite(z64.sum())) else None
-        if finite is not None and not bool(finite.all()):
+        if not bool(torch.isfinite(abs_max)):
+            if self.nan_strategy == "propagate":
+                self.non_finite_batches += 1
+                return
+            finite = torch.isfinite(z).all(dim=1)
             dropped = int((~finite).sum())
             if self.nan_strategy == "error":
                 raise ValueError(
                     f"Expected finite embeddings, but {dropped} of {z.shape[0]} rows hold NaN or infinity; nothing"
                     " from this batch was added. Pass `nan_strategy='ignore'` to drop such rows instead."
                 )
-            warnings.warn(
-                f"Dropped {dropped} of {z.shape[0]} rows holding NaN or infinity.", RankMeWarning, stacklevel=2
-            )
-            z64 = z64[finite]
+            _warn(f"Dropped {dropped} of {z.shape[0]} rows holding NaN or infinity.")
+            z = z[finite]
+            abs_max = _abs_max(z).to(self.device)
         quota = self._local_quota()
-        if quota is not None:
-            z64 = z64[: max(quota - int(self.num_rows), 0)]
+        if quota is not None and z.shape[0] > max(quota - int(self.num_rows), 0):
+            z = z[: max(quota - int(self.num_rows), 0)]
+            abs_max = _abs_max(z).to(self.device)
 
         self._size_states(z.shape[1])
         if self.mode == "embeddings":
-            if z64.shape[0]:
-                self.embeddings.append(z64)
+            if z.shape[0]:  # a copy: a caller reusing its buffer would rewrite the kept rows
+                self.embeddings.append(z.to(device=self.device, dtype=torch.float64, copy=True))
         elif not self.center:
-            _add_gram_(self.gram, z64)
-        elif z64.shape[0]:
+            self._queue(z, abs_max)
+        elif z.shape[0]:
+            z64, ratio = self._in_state_units(z, abs_max)
+            self.gram.mul_(ratio * ratio)
+            self.mean.mul_(ratio)
             # Centre on the first row before averaging, so identical rows give an exactly zero scatter.
             deviations = z64 - z64[0]
             deviation_mean = deviations.mean(dim=0)
             deviations -= deviation_mean
             scatter = torch.zeros_like(self.gram)
-            _add_gram_(scatter, deviations)
-            self._merge_centred(z64.shape[0], z64[0] + deviation_mean, scatter)
-        self.num_rows += z64.shape[0]
+            _add_gram_(scatter, deviations, block=_TUNER.default(self.device, z.shape[1]))
+            self._merge_centred(z.shape[0], z64[0] + deviation_mean, scatter)
+        self.num_rows += z.shape[0]
 
-    def _update_or_skip_on_device(self, z: Tensor) -> bool:
-        """``nan_strategy="propagate"``: leave out a batch holding NaN or infinity, counting it on the device.
+    def _update_on_device(self, z: Tensor, abs_max: Tensor) -> None:
+        """The default configuration's update, with nothing read back to the host.
 
-        Returns True when the batch was handled here. In the default configuration (uncentred gram, no
-        ``max_samples``) nothing is read back to the host: a bad batch adds zero rows and zero to the Gram matrix,
-        and the count of bad batches stays a device tensor until :meth:`summary`. Other configurations need the
-        verdict on the host (they index rows or merge by count), so they read one boolean and return False for
-        a finite batch.
+        A batch holding NaN or infinity is queued as zeros and leaves the scale alone; it adds no rows, and the
+        count of such batches stays a device tensor until :meth:`summary`.
         """
-        finite = torch.isfinite(z.detach().sum(dtype=torch.float64)).to(self.device)
-        if self.mode == "gram" and not self.center and self.max_samples is None:
-            self._size_states(z.shape[1])
-            z64 = z.detach().to(device=self.device, dtype=torch.float64).masked_fill(~finite, 0.0)
-            _add_gram_(self.gram, z64)
-            self.num_rows += finite * z.shape[0]
-            self.non_finite_batches += ~finite
-            return True
-        if bool(finite):
-            return False
-        self.non_finite_batches += 1
-        return True
+        finite = torch.isfinite(abs_max)
+        self._size_states(z.shape[1])
+        self._queue(z, abs_max, finite)
+        self.num_rows += finite * z.shape[0]
+        self.non_finite_batches += ~finite
+
+    def _queue(self, z: Tensor, abs_max: Tensor, finite: Tensor | None = None) -> None:
+        """Add a batch to the uncentred Gram matrix, through a float64 buffer of ``_BUFFER_ROWS`` rows.
+
+        Small batches are cast into the buffer (one pass) and multiplied in one product when it is full, or when
+        the state is read (:meth:`_flush`); a batch of at least ``_BUFFER_ROWS`` rows is its own product. With
+        ``finite`` (a 0-dim bool tensor), a non-finite batch is written as zeros. Nothing is read back to the host:
+        sizes are known from shapes, and the running ``max |z|`` stays on the device.
+        """
+        n = z.shape[0]
+        if n == 0:
+            return
+        if finite is not None:
+            abs_max = torch.where(finite, abs_max, 0.0)
+        if n >= _BUFFER_ROWS:
+            self._flush()
+            rows = z.to(device=self.device, dtype=torch.float64, copy=True)  # scaled in place by the product
+            if finite is not None:
+                rows.masked_fill_(~finite, 0.0)
+            self._fold(rows, abs_max, timed=False)
+            return
+        if self._rows_filled + n > _BUFFER_ROWS:
+            self._flush()
+        if self._rows is None:
+            self._rows = torch.empty(_BUFFER_ROWS, z.shape[1], dtype=torch.float64, device=self.device)
+            self._rows_abs_max = torch.zeros((), dtype=torch.float64, device=self.device)
+        slot = self._rows[self._rows_filled : self._rows_filled + n]
+        slot.copy_(z)
+        if finite is not None:
+            slot.masked_fill_(~finite, 0.0)
+        self._rows_abs_max = torch.maximum(self._rows_abs_max, abs_max)
+        self._rows_filled += n
+
+    def _flush(self) -> None:
+        """Multiply the queued rows into the Gram matrix: before anything reads, syncs, merges or saves the state."""
+        if not self._rows_filled or self._rows is None:
+            return
+        rows = self._rows[: self._rows_filled]
+        self._fold(rows, self._rows_abs_max, timed=self._rows_filled == _BUFFER_ROWS)
+        self._rows_filled = 0
+        self._rows_abs_max = torch.zeros_like(self._rows_abs_max)
+
+    def _fold(self, rows: Tensor, abs_max: Tensor, timed: bool) -> None:
+        """``gram += rows^T rows`` in units of a ``scale`` raised to cover ``abs_max`` (see "Any magnitude").
+
+        Both scales are powers of two, so rescaling the state and the rows is exact; both are folded into the
+        blocked product, one block row at a time. ``timed`` products of a full buffer let the tuner choose the block.
+        """
+        scale = torch.maximum(self.scale, _power_of_two_scale(abs_max))
+        ratio = torch.where(scale > 0, self.scale / scale, 1.0)
+        inverse = torch.where(scale > 0, 1 / scale, 0.0)
+        d = rows.shape[1]
+        block, measure = _TUNER.block(self.device, d) if timed else (_TUNER.default(self.device, d), False)
+        if measure and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        _add_gram_(self.gram, rows, ratio * ratio, inverse, block=block)
+        if measure:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            _TUNER.record(self.device, d, block, time.perf_counter() - start)
+        self.scale = scale
+
+    def _in_state_units(self, z: Tensor, abs_max: Tensor) -> tuple[Tensor, Tensor]:
+        """Centred mode: raise ``scale`` to cover a batch; the batch in the new units (float64), and old / new scale.
+
+        The caller multiplies ``mean`` by the ratio and ``gram`` by its square; both scales are powers of two.
+        """
+        scale = torch.maximum(self.scale, _power_of_two_scale(abs_max))
+        ratio = torch.where(scale > 0, self.scale / scale, 1.0)
+        z64 = z.to(device=self.device, dtype=torch.float64) * torch.where(scale > 0, 1 / scale, 0.0)
+        self.scale = scale
+        return z64, ratio
 
     def forward(self, z: Tensor) -> Tensor:
         """Add ``z`` to the state, as :meth:`update` does, and return RankMe of this batch's finite rows alone.
@@ -305,6 +499,7 @@ class RankMe(Metric):
 
     def _local_summary(self) -> RankMeSummary:
         """The summary of whatever state this process holds now (synchronised or not)."""
+        self._flush()
         num_samples = int(self.num_rows)
         num_features = self.num_features
         non_finite_batches = int(self.non_finite_batches)
@@ -319,13 +514,13 @@ class RankMe(Metric):
             )
         if num_samples < num_features and not self._warned_capped:
             self._warned_capped = True
-            _warn_capped(num_samples, num_features)
+            _warn_capped(num_samples, num_features, self._is_synced, self.process_group)
         if self.mode == "gram":
-            singular_values = _singular_values_from_gram(self.gram, num_samples)
+            singular_values, scale = _singular_values_from_gram(self.gram, num_samples), self.scale
         else:
-            singular_values = _singular_values(dim_zero_cat(self.embeddings), self.center)
-        value = _effective_rank(singular_values, self.eps).to(torch.get_default_dtype())
-        return RankMeSummary(value, singular_values, num_samples, num_features)
+            singular_values, scale = _singular_values(dim_zero_cat(self.embeddings), self.center)
+        value = _effective_rank(singular_values, self.eps, self._is_synced, self.process_group)
+        return RankMeSummary(value.to(torch.get_default_dtype()), singular_values * scale, num_samples, num_features)
 
     def compute(self) -> Tensor:
         """RankMe of every row accumulated on every rank, as a 0-dim tensor on the metric's device.
@@ -337,11 +532,11 @@ class RankMe(Metric):
         """
         summary = self._local_summary()
         if summary.non_finite_batches:
-            warnings.warn(
+            _warn(
                 f"RankMe is NaN: {summary.non_finite_batches} batches held NaN or infinity and were left out"
                 " (nan_strategy='propagate').",
-                RankMeWarning,
-                stacklevel=2,
+                self._is_synced,
+                self.process_group,
             )
         return summary.value
 
@@ -357,10 +552,112 @@ class RankMe(Metric):
         ):
             return self._local_summary()
 
+    def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: Any = None) -> Any:
+        """Plot RankMe, as every torchmetrics metric does: this value, or a sequence of values over time.
+
+        Args:
+            val: a value from :meth:`compute` or :meth:`forward`, or a sequence of them (one point each, e.g. per
+                epoch); by default :meth:`compute` now (a collective under ``torch.distributed``).
+            ax: a matplotlib ``Axes`` to draw on; a new figure by default.
+
+        Returns:
+            The matplotlib ``(Figure, Axes)``.
+
+        Raises:
+            ModuleNotFoundError: if matplotlib is not installed (``pip install matplotlib``).
+
+        Example:
+            >>> import torch
+            >>> from rankme import RankMe
+            >>> metric = RankMe()
+            >>> values = [metric(torch.randn(64, 8)) for _ in range(5)]
+            >>> fig, ax = metric.plot(values)  # doctest: +SKIP
+        """
+        _pyplot()
+        fig, ax = self._plot(val, ax)
+        return (ax.get_figure() if fig is None else fig), ax
+
+    def plot_spectrum(self, summary: RankMeSummary | None = None, ax: Any = None) -> Any:
+        """Plot the singular values against their rank k on log-log axes, with RankMe, N and D in the title.
+
+        A flat spectrum is a high RankMe; a steep drop after a few values is a collapse to that many directions.
+
+        Args:
+            summary: a :meth:`summary` to draw; by default :meth:`summary` now (a collective, like :meth:`compute`).
+            ax: a matplotlib ``Axes`` to draw on; a new figure by default.
+
+        Returns:
+            The matplotlib ``(Figure, Axes)``.
+
+        Raises:
+            ModuleNotFoundError: if matplotlib is not installed (``pip install matplotlib``).
+
+        Example:
+            >>> import torch
+            >>> from rankme import RankMe
+            >>> metric = RankMe()
+            >>> metric.update(torch.randn(256, 32))
+            >>> fig, ax = metric.plot_spectrum()  # doctest: +SKIP
+        """
+        plt = _pyplot()
+        summary = self.summary() if summary is None else summary
+        fig, ax = plt.subplots() if ax is None else (ax.get_figure(), ax)
+        k = torch.arange(1, summary.singular_values.numel() + 1)
+        ax.loglog(k.numpy(), summary.singular_values.double().cpu().numpy(), marker=".", markersize=3)
+        ax.set_xlabel("k")
+        ax.set_ylabel("singular value $s_k$")
+        ax.set_title(f"RankMe = {float(summary.value):.4g} (N={summary.num_samples}, D={summary.num_features})")
+        ax.grid(True, which="both", alpha=0.3)
+        return fig, ax
+
+    @property
+    def metric_state(self) -> dict[str, Any]:
+        """The states, with any queued rows multiplied in first."""
+        self._flush()
+        return super().metric_state
+
+    def sync(self, *args: Any, **kwargs: Any) -> None:
+        """Multiply any queued rows into the state before torchmetrics caches it and syncs (see ``Metric.sync``)."""
+        self._flush()
+        super().sync(*args, **kwargs)
+
+    def reset(self) -> None:
+        """Forget every row, the queued ones included, and D."""
+        super().reset()
+        self._rows, self._rows_filled = None, 0
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        self._flush()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Add another RankMe's rows to this one's, as if they had been fed here (see "Merging" above).
+
+        Raises:
+            ValueError: if the other metric's ``mode`` or ``center`` differs, or a dict does not hold exactly this
+                metric's state names.
+        """
+        if isinstance(incoming_state, RankMe):
+            for setting in ("mode", "center"):
+                mine, theirs = getattr(self, setting), getattr(incoming_state, setting)
+                if mine != theirs:
+                    raise ValueError(
+                        f"Expected a RankMe with the same `{setting}` to merge, but this one has {setting}={mine!r}"
+                        f" and the incoming one {setting}={theirs!r}: their states mean different things."
+                    )
+        elif isinstance(incoming_state, dict) and set(incoming_state) != set(self._defaults):
+            raise ValueError(
+                f"Expected the states of a RankMe(mode={self.mode!r}, center={self.center}), {sorted(self._defaults)},"
+                f" but got {sorted(incoming_state)}. Merge metrics of the same `mode` and `center`."
+            )
+        self._flush()
+        super().merge_state(incoming_state)
+
     def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None) -> None:
-        """Agree on D across ranks first, so a rank that saw no rows sends states of the right shape."""
+        """Agree on D and the scale across ranks first, so every rank sends states of one shape in one unit."""
+        group = process_group or self.process_group
         local = torch.tensor(self.num_features or 0, device=self.device)
-        sizes = {int(d) for d in dist_sync_fn(local, group=process_group or self.process_group)} - {0}
+        sizes = {int(d) for d in dist_sync_fn(local, group=group)} - {0}
         if len(sizes) > 1:
             raise ValueError(
                 f"Expected every process to feed embeddings of one size, but they saw D in {sorted(sizes)}."
@@ -368,9 +665,19 @@ class RankMe(Metric):
             )
         if sizes:
             self._size_states(sizes.pop())
-            if self.mode == "gram" and self.center:
-                self._centre_on_global_mean(dist_sync_fn, process_group or self.process_group)
+            if self.mode == "gram":
+                self._rescale_to(torch.stack(dist_sync_fn(self.scale, group=group)).max())
+                if self.center:
+                    self._centre_on_global_mean(dist_sync_fn, group)
         super()._sync_dist(dist_sync_fn, process_group)
+
+    def _rescale_to(self, scale: Tensor) -> None:
+        """Express the gram-mode states in units of ``scale`` (a power of two >= this state's), out of place."""
+        ratio = torch.where(scale > 0, self.scale / scale, 1.0)
+        self.gram = self.gram * (ratio * ratio)
+        if self.center:
+            self.mean = self.mean * ratio
+        self.scale = scale.clone()
 
     def _centre_on_global_mean(self, dist_sync_fn: Callable, group: Any | None) -> None:
         """Turn this rank's scatter about its own mean into its scatter about the mean of all ranks."""
@@ -389,6 +696,9 @@ class RankMe(Metric):
         ``.to(dtype)`` and ``set_dtype`` would otherwise cast them, losing the exactness and breaking ``"gram"``
         updates; Lightning's ``"*-true"`` precisions call ``.to(dtype)`` on every submodule.
         """
+        if getattr(self, "_rows_filled", 0):  # queued rows join the state before it moves
+            self._flush()
+        self._rows = None
 
         def keep_dtype(tensor: Tensor) -> Tensor:
             moved = fn(tensor)
@@ -397,7 +707,7 @@ class RankMe(Metric):
         return super()._apply(keep_dtype, exclude_state)
 
     def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
-        """Merge another metric's states (``merge_state``) once both sides have their shapes."""
+        """Merge another metric's states (``merge_state``) once both sides have their shapes and one scale."""
         if self.mode == "gram":
             incoming_features = incoming_state["gram"].shape[0]
         else:
@@ -408,12 +718,40 @@ class RankMe(Metric):
             )
         if incoming_features and self.num_features is None:
             self._size_states(incoming_features)
+        if self.mode == "gram":
+            incoming_scale = incoming_state["scale"].to(self.device)
+            scale = torch.maximum(self.scale, incoming_scale)
+            incoming_ratio = torch.where(scale > 0, incoming_scale / scale, 1.0)
+            self._rescale_to(scale)
+            incoming_state = {**incoming_state, "scale": scale}
+            if incoming_features:
+                incoming_state["gram"] = incoming_state["gram"].to(self.device) * (incoming_ratio * incoming_ratio)
+                if self.center:
+                    incoming_state["mean"] = incoming_state["mean"].to(self.device) * incoming_ratio
+            else:
+                incoming_state["gram"] = torch.zeros_like(self.gram)
         if self.mode == "gram" and self.center:
+            self.non_finite_batches += incoming_state["non_finite_batches"].to(self.device)
             if incoming_features:
                 count = int(incoming_state["num_rows"])
                 self._merge_centred(count, incoming_state["mean"], incoming_state["gram"])
                 self.num_rows += count
             return
-        if self.mode == "gram" and self.num_features and not incoming_features:
-            incoming_state = {**incoming_state, "gram": torch.zeros_like(self.gram)}
         super()._reduce_states(incoming_state)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Read a gram state saved before ``scale`` existed (in the input's own units: scale 1)."""
+        if prefix + "gram" in state_dict and prefix + "scale" not in state_dict and self._persistent.get("scale"):
+            state_dict[prefix + "scale"] = torch.ones((), dtype=torch.float64)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _pyplot() -> Any:
+    """``matplotlib.pyplot``, or a one-line error saying how to install it (it is not a dependency of rankme)."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            "Plotting RankMe needs matplotlib, which rankme does not install: `pip install matplotlib`."
+        ) from err
+    return plt

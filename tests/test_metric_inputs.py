@@ -1,0 +1,502 @@
+"""Inputs at the edges: magnitudes whose squares leave float64's range, bad tensors and arguments, and merges of
+metrics with different settings. Each gives the float64 SVD's value (on a rescaled copy, where the input itself
+is out of numpy's comfortable range) or a one-line error, and the state from before stays intact and usable."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_embeddings, random_batches, reference_rankme, reference_singular_values
+
+from rankme import RankMe, RankMeWarning, rankme
+from rankme.functional import MAX_EPS
+
+MODES = ("gram", "embeddings")
+# Every update path: the default on-device one (propagate), the ones that read the batch's verdict on the host,
+# the centred Chan merge, the max_samples cut, and embeddings mode.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "gram-propagate": {"nan_strategy": "propagate"},
+    "gram-error": {},
+    "gram-ignore": {"nan_strategy": "ignore"},
+    "gram-max-samples": {"max_samples": 10**6},
+    "gram-centred": {"center": True},
+    "gram-centred-propagate": {"center": True, "nan_strategy": "propagate"},
+    "embeddings": {"mode": "embeddings"},
+    "embeddings-centred": {"mode": "embeddings", "center": True},
+}
+# Powers of two, so that dividing by them is exact and the reference sees exactly the rows the metric saw.
+EXPONENTS = (-1060, -1000, -700, -400, 400, 700, 1000)
+
+
+def times_two_to(z: torch.Tensor, exponent: int) -> torch.Tensor:
+    """``z * 2**exponent``, exactly, for exponents whose power of two alone is out of float64's range."""
+    return z * 2.0 ** (exponent // 2) * 2.0 ** (exponent - exponent // 2)
+
+
+def fed(metric: RankMe, batches: list[torch.Tensor]) -> RankMe:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankMeWarning)
+        for batch in batches:
+            metric.update(batch)
+    return metric
+
+
+def value_of(metric: RankMe) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankMeWarning)
+        return metric.compute().item()
+
+
+def snapshot(metric: RankMe) -> dict[str, list[torch.Tensor]]:
+    return {
+        name: [t.clone() for t in value] if isinstance(value, list) else [value.clone()]
+        for name, value in metric.metric_state.items()
+    }
+
+
+def assert_same(before: dict[str, list[torch.Tensor]], after: dict[str, list[torch.Tensor]]) -> None:
+    assert before.keys() == after.keys()
+    for name in before:
+        assert len(before[name]) == len(after[name]), name
+        for old, new in zip(before[name], after[name], strict=True):
+            assert old.dtype == new.dtype, name
+            assert old.shape == new.shape, name
+            assert torch.equal(old, new), name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Magnitudes whose squares overflow or underflow float64
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exponent", EXPONENTS)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_any_float64_magnitude_gives_the_value_of_the_svd(config: str, exponent: int) -> None:
+    kwargs = CONFIGS[config]
+    z = make_embeddings("low_rank", n=120, d=12)
+    big = times_two_to(z, exponent)  # 2^1000 ~ 1e301: Z^T Z overflows; 2^-700 ~ 1e-211: it underflows
+    metric = fed(RankMe(**kwargs), random_batches(big, seed=exponent % 7))
+    rows = times_two_to(big, -exponent)  # the rows exactly as the metric got them (subnormal inputs have lost bits)
+    expected = reference_rankme(rows, center=kwargs.get("center", False))
+    assert value_of(metric) == pytest.approx(expected, rel=1e-6)
+    if exponent >= -1000:  # the spectrum in the input's units is itself subnormal below that
+        spectrum = metric.summary().singular_values / 2.0**exponent
+        reference = reference_singular_values(rows, center=kwargs.get("center", False))
+        np.testing.assert_allclose(spectrum.numpy(), reference, rtol=1e-6, atol=1e-7 * reference[0])
+
+
+@pytest.mark.parametrize("exponent", [-1000, -700, 700, 1000])
+@pytest.mark.parametrize("center", [False, True], ids=["uncentred", "centred"])
+def test_function_gives_the_value_of_the_svd_at_any_magnitude(exponent: int, center: bool) -> None:
+    z = make_embeddings("offset", n=60, d=12)  # centring 1e3 + noise at 2^1000 overflows without the scale
+    assert rankme(z * 2.0**exponent, center=center).item() == pytest.approx(
+        reference_rankme(z, center=center), rel=1e-6
+    )
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_tiny_values_do_not_read_as_complete_collapse(config: str) -> None:
+    z = make_embeddings("gaussian", n=80, d=10) * 2.0**-1000  # squares are 0 in float64
+    metric = fed(RankMe(**CONFIGS[config]), list(z.split(16)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RankMeWarning)  # no "complete collapse" warning
+        value = metric.compute().item()
+    assert value == pytest.approx(
+        reference_rankme(z * 2.0**1000, center=CONFIGS[config].get("center", False)), rel=1e-6
+    )
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_batches_of_very_different_magnitudes_keep_every_contribution_exact(config: str) -> None:
+    # Later batches raise the scale by up to 2^10: the state already accumulated is rescaled exactly and keeps
+    # its weight; then a huge batch arrives after ordinary ones, and ordinary ones after it.
+    kwargs = CONFIGS[config]
+    z = make_embeddings("relu", n=200, d=16)
+    exponents = [600, 604, 590, 610, 600]
+    batches = [chunk * 2.0**e for chunk, e in zip(z.split(40), exponents, strict=True)]
+    metric = fed(RankMe(**kwargs), batches)
+    rescaled = torch.cat([chunk * 2.0 ** (e - 610) for chunk, e in zip(z.split(40), exponents, strict=True)])
+    assert value_of(metric) == pytest.approx(reference_rankme(rescaled, center=kwargs.get("center", False)), rel=1e-6)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_a_huge_batch_after_ordinary_ones_leaves_the_metric_usable(config: str) -> None:
+    kwargs = CONFIGS[config]
+    z = make_embeddings("gaussian", n=90, d=8)
+    metric = fed(RankMe(**kwargs), [z[:30]])
+    fed(metric, [z[30:60] * 1e300])
+    value_of(metric)  # before the fix, every compute after such a batch failed inside eigh
+    fed(metric, [z[60:]])
+    rows = torch.cat([z[:30] * 2.0**-1000, z[30:60] * (1e300 * 2.0**-1000), z[60:] * 2.0**-1000])
+    assert value_of(metric) == pytest.approx(reference_rankme(rows, center=kwargs.get("center", False)), rel=1e-6)
+
+
+@pytest.mark.parametrize("center", [False, True], ids=["uncentred", "centred"])
+@pytest.mark.parametrize("mode", MODES)
+def test_merge_state_of_metrics_at_different_scales(mode: str, center: bool) -> None:
+    z = make_embeddings("low_rank", n=100, d=12)
+    small = fed(RankMe(mode=mode, center=center), list((z[:50] * 2.0**596).split(20)))
+    large = fed(RankMe(mode=mode, center=center), list((z[50:] * 2.0**600).split(20)))
+    small.merge_state(large)
+    rows = torch.cat([z[:50] * 2.0**-4, z[50:]])
+    assert value_of(small) == pytest.approx(reference_rankme(rows, center=center), rel=1e-6)
+
+
+@pytest.mark.parametrize("center", [False, True], ids=["uncentred", "centred"])
+def test_state_dict_round_trip_keeps_the_scale(center: bool) -> None:
+    z = make_embeddings("gaussian", n=90, d=8)
+    first = fed(RankMe(center=center), [z[:45] * 2.0**700])
+    first.persistent(True)
+    second = RankMe(center=center)
+    second.persistent(True)
+    second.load_state_dict(first.state_dict())
+    fed(second, [z[45:] * 2.0**690])
+    rows = torch.cat([z[:45], z[45:] * 2.0**-10])
+    assert value_of(second) == pytest.approx(reference_rankme(rows, center=center), rel=1e-6)
+
+
+def test_a_state_dict_saved_without_a_scale_loads_as_unit_scale() -> None:
+    z = make_embeddings("gaussian", n=60, d=8)
+    saved = RankMe()
+    saved.persistent(True)
+    fed(saved, [z[:30]])
+    state = {key: value for key, value in saved.state_dict().items() if key != "scale"}
+    state["gram"] = z[:30].T @ z[:30]  # how the state was kept before the scale existed: in the input's units
+    loaded = RankMe()
+    loaded.persistent(True)
+    loaded.load_state_dict(state)
+    fed(loaded, [z[30:]])
+    assert value_of(loaded) == pytest.approx(reference_rankme(z), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad tensors: one clear error, nothing changed
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _bad_inputs() -> dict[str, tuple[Any, str]]:
+    dense = torch.randn(6, 8)
+    return {
+        "complex64": (torch.randn(6, 8, dtype=torch.complex64), r"complex64.*real embeddings"),
+        "complex128": (torch.randn(6, 8, dtype=torch.complex128), r"complex128.*real embeddings"),
+        "bool": (torch.ones(6, 8, dtype=torch.bool), r"torch\.bool.*mask"),
+        "int64": (torch.ones(6, 8, dtype=torch.int64), r"int64.*labels or indices"),
+        "qint8": (torch.quantize_per_tensor(dense, 0.1, 0, torch.qint8), r"qint8.*dequantize"),
+        "meta": (torch.empty(6, 8, device="meta"), r"meta device"),
+        "sparse-coo": (dense.to_sparse(), r"dense tensor.*sparse_coo.*to_dense"),
+        "sparse-csr": (dense.to_sparse_csr(), r"dense tensor.*sparse_csr.*to_dense"),
+        "nested": (torch.nested.nested_tensor([torch.randn(2, 8), torch.randn(3, 8)]), r"dense tensor.*nested"),
+        "numpy": (dense.numpy(), r"got ndarray.*torch\.from_numpy"),
+        "list": (dense.tolist(), r"torch\.Tensor.*got list"),
+    }
+
+
+BAD_INPUTS = _bad_inputs()
+
+
+@pytest.mark.parametrize("bad", BAD_INPUTS)
+def test_function_rejects_a_bad_tensor_with_a_message_about_it(bad: str) -> None:
+    value, message = BAD_INPUTS[bad]
+    with pytest.raises(ValueError, match=message) as caught:
+        rankme(value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", BAD_INPUTS)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_update_rejects_a_bad_tensor_and_keeps_the_state(config: str, bad: str) -> None:
+    value, message = BAD_INPUTS[bad]
+    z = make_embeddings("gaussian", n=60, d=8)
+    metric = fed(RankMe(**CONFIGS[config]), [z[:30]])
+    before = snapshot(metric)
+    with pytest.raises(ValueError, match=message) as caught:
+        metric.update(value)
+    assert "\n" not in str(caught.value)
+    assert_same(before, snapshot(metric))
+    fed(metric, [z[30:]])
+    assert value_of(metric) == pytest.approx(reference_rankme(z, center=CONFIGS[config].get("center", False)), rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_bad_first_batch_leaves_a_fresh_metric_fresh(mode: str) -> None:
+    metric = RankMe(mode=mode)
+    before = snapshot(metric)
+    with pytest.raises(ValueError, match="meta device"):
+        metric.update(torch.empty(6, 8, device="meta"))
+    assert_same(before, snapshot(metric))
+    z = make_embeddings("gaussian", n=30, d=5)
+    assert value_of(fed(metric, [z])) == pytest.approx(reference_rankme(z), rel=1e-6)
+
+
+def test_gram_mode_refuses_a_d_whose_gram_cannot_be_allocated_and_stays_usable() -> None:
+    metric = RankMe()
+    wide = torch.zeros(1, 1).expand(2, 2**27)  # D x D float64 would be 128 PiB; the view itself holds one float
+    with pytest.raises(ValueError, match=r"D=134217728 needs .* GiB.*mode='embeddings'"):
+        metric.update(wide)
+    assert metric.num_features is None
+    z = make_embeddings("gaussian", n=30, d=6)
+    assert value_of(fed(metric, [z])) == pytest.approx(reference_rankme(z), rel=1e-6)
+
+
+def test_embeddings_mode_takes_a_very_wide_d() -> None:
+    z = make_embeddings("gaussian", n=20, d=5000)
+    metric = fed(RankMe(mode="embeddings"), list(z.split(7)))
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Unusual but valid tensors: the exact value
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _views() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    z = make_embeddings("relu", n=64, d=12)
+    row = make_embeddings("gaussian", n=1, d=12)
+    return {
+        "transposed": (z.T.contiguous().T, z),  # column-major storage
+        "strided-columns": (make_embeddings("relu", n=64, d=24)[:, ::2], make_embeddings("relu", n=64, d=24)[:, ::2]),
+        "expanded-row": (row.expand(64, 12), row.expand(64, 12).contiguous()),
+        "channels-last-slice": (
+            z.reshape(64, 12, 1, 1).to(memory_format=torch.channels_last)[:, :, 0, 0],
+            z,
+        ),
+        "float8": (z.to(torch.float8_e4m3fn), z.to(torch.float8_e4m3fn).double()),
+        "requires-grad": (z.clone().requires_grad_(True) * 1.0, z),
+    }
+
+
+VIEWS = _views()
+
+
+@pytest.mark.parametrize("view", VIEWS)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_views_and_odd_storage_give_the_value_of_their_rows(config: str, view: str) -> None:
+    tensor, rows = VIEWS[view]
+    center = CONFIGS[config].get("center", False)
+    metric = fed(RankMe(**CONFIGS[config]), [tensor[:20], tensor[20:]])
+    # identical rows centred are exactly zero here (collapse, 1.0), while numpy's mean leaves rounding noise
+    expected = 1.0 if center and view == "expanded-row" else reference_rankme(rows, center=center)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankMeWarning)
+        assert value_of(metric) == pytest.approx(expected, rel=1e-6)
+        assert rankme(tensor, center=center).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_empty_batches_change_nothing(config: str) -> None:
+    z = make_embeddings("gaussian", n=40, d=8)
+    metric = fed(RankMe(**CONFIGS[config]), [z[:20]])
+    before = snapshot(metric)
+    fed(metric, [z[:0]])
+    assert_same(before, snapshot(metric))
+    fed(metric, [z[20:], z[:0]])
+    assert value_of(metric) == pytest.approx(reference_rankme(z, center=CONFIGS[config].get("center", False)), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("center", ["yes", 1, None, np.bool_(True)], ids=repr)
+def test_function_rejects_a_center_that_is_not_a_bool(center: object) -> None:
+    with pytest.raises(ValueError, match="`center` to be a bool"):
+        rankme(torch.randn(10, 4), center=center)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("eps", [0.5, 1.0, 2 * MAX_EPS, math.nan, math.inf, -1e-9, True, "1e-7"], ids=repr)
+def test_an_eps_that_pushes_the_value_off_the_papers_scale_is_refused(eps: object) -> None:
+    with pytest.raises(ValueError, match=r"`eps` to be a float in \[0, 0\.01\].*floor of 1"):
+        rankme(torch.randn(10, 4), eps=eps)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`eps` to be a float in \[0, 0\.01\]"):
+        RankMe(eps=eps)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_largest_eps_keeps_the_value_within_eps_of_the_floor(mode: str) -> None:
+    # rank one: one p_k is 1 + eps, the rest eps; the value is just below 1 and stays within about eps of it
+    z = make_embeddings("gaussian", n=40, d=1) @ make_embeddings("gaussian", n=1, d=8)
+    metric = fed(RankMe(mode=mode, eps=MAX_EPS), [z])
+    value = value_of(metric)
+    assert value == pytest.approx(reference_rankme(z, eps=MAX_EPS), rel=1e-6)
+    assert value >= 1 - MAX_EPS
+
+
+# ---------------------------------------------------------------------------------------------------------
+# merge_state between metrics of different settings
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mine", "theirs", "setting"),
+    [
+        ({"mode": "gram"}, {"mode": "embeddings"}, "mode"),
+        ({"mode": "embeddings"}, {"mode": "gram"}, "mode"),
+        ({"center": False}, {"center": True}, "center"),
+        ({"center": True}, {"center": False}, "center"),
+        ({"mode": "embeddings", "center": True}, {"mode": "embeddings"}, "center"),
+    ],
+    ids=repr,
+)
+def test_merge_state_refuses_a_metric_of_other_settings_and_keeps_the_state(
+    mine: dict[str, Any], theirs: dict[str, Any], setting: str
+) -> None:
+    z = make_embeddings("gaussian", n=60, d=8)
+    metric = fed(RankMe(**mine), [z[:30]])
+    other = fed(RankMe(**theirs), [z[30:]])
+    before = snapshot(metric)
+    defaults = {"mode": "gram", "center": False}
+    with pytest.raises(ValueError, match=f"same `{setting}`") as caught:
+        metric.merge_state(other)
+    assert "\n" not in str(caught.value)
+    for side in (mine, theirs):
+        assert f"{setting}={side.get(setting, defaults[setting])!r}" in str(caught.value)
+    assert_same(before, snapshot(metric))
+    assert value_of(metric) == pytest.approx(reference_rankme(z[:30], center=mine.get("center", False)), rel=1e-6)
+
+
+@pytest.mark.parametrize(("mine", "theirs"), [({}, {"center": True}), ({"center": True}, {"mode": "embeddings"})])
+def test_merge_state_refuses_a_dict_of_another_metrics_states(mine: dict[str, Any], theirs: dict[str, Any]) -> None:
+    z = make_embeddings("gaussian", n=60, d=8)
+    metric = fed(RankMe(**mine), [z[:30]])
+    other = fed(RankMe(**theirs), [z[30:]])
+    before = snapshot(metric)
+    with pytest.raises(ValueError, match=r"Expected the states of a RankMe\(mode=.*same `mode` and `center`"):
+        metric.merge_state(dict(other.metric_state))
+    assert_same(before, snapshot(metric))
+
+
+@pytest.mark.parametrize("center", [False, True], ids=["uncentred", "centred"])
+@pytest.mark.parametrize("mode", MODES)
+def test_merge_state_of_other_eps_max_samples_and_nan_strategy_uses_this_metrics_eps(mode: str, center: bool) -> None:
+    z = make_embeddings("low_rank", n=80, d=8)
+    metric = fed(RankMe(mode=mode, center=center, eps=1e-7), [z[:40]])
+    other = fed(RankMe(mode=mode, center=center, eps=1e-5, max_samples=1000, nan_strategy="ignore"), [z[40:]])
+    metric.merge_state(other)
+    assert value_of(metric) == pytest.approx(reference_rankme(z, eps=1e-7, center=center), rel=1e-6)
+
+
+@pytest.mark.parametrize("center", [False, True], ids=["uncentred", "centred"])
+def test_merge_state_carries_the_count_of_left_out_batches(center: bool) -> None:
+    z = make_embeddings("gaussian", n=40, d=8)
+    metric = fed(RankMe(center=center, nan_strategy="propagate"), [z[:20]])
+    other = fed(RankMe(center=center, nan_strategy="propagate"), [z[20:], torch.full((3, 8), math.nan)])
+    metric.merge_state(other)
+    summary = metric.summary()
+    assert summary.non_finite_batches == 1
+    assert summary.num_samples == 40
+    assert math.isnan(summary.value.item())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The row buffer: small batches are gathered into one product; every reader sees the queued rows
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _uneven_batches(z: torch.Tensor, seed: int) -> list[torch.Tensor]:
+    """Batches of 1 to 1500 rows and one of 2500 (its own product), in random order."""
+    g = torch.Generator().manual_seed(seed)
+    batches, start = [], 0
+    while start < z.shape[0]:
+        size = 2500 if start == 3000 else int(torch.randint(1, 1500, (1,), generator=g))
+        batches.append(z[start : start + size])
+        start += size
+    return batches
+
+
+@pytest.mark.parametrize("config", ["gram-propagate", "gram-error", "gram-max-samples"])
+def test_buffered_products_of_uneven_batches_are_exact(config: str) -> None:
+    z = make_embeddings("relu", n=9000, d=320, seed=5)
+    metric = fed(RankMe(**CONFIGS[config]), _uneven_batches(z, seed=1))
+    assert metric.summary().num_samples == 9000
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+    reference = reference_singular_values(z)
+    spectrum = metric.summary().singular_values.numpy()
+    np.testing.assert_allclose(spectrum, reference, rtol=1e-6, atol=1e-7 * reference[0])
+
+
+def test_bad_and_huge_batches_inside_a_partly_filled_buffer() -> None:
+    z = make_embeddings("gaussian", n=3000, d=300, seed=6)
+    batches = [z[:700], torch.full((50, 300), math.nan), z[700:1400] * 2.0**600, z[1400:3000]]
+    metric = fed(RankMe(nan_strategy="propagate"), batches)
+    assert metric.summary().non_finite_batches == 1
+    metric.reset()
+    fed(metric, [batches[0], batches[2], batches[3]])
+    rows = torch.cat([z[:700] * 2.0**-600, z[700:1400], z[1400:] * 2.0**-600])
+    assert value_of(metric) == pytest.approx(reference_rankme(rows), rel=1e-6)
+
+
+@pytest.mark.parametrize("block", [None, 37, 64, 75, 100, 299, 1000])
+def test_every_leaf_size_gives_the_full_products_eigenvalues(block: int | None) -> None:
+    from rankme.metric import _add_gram_
+
+    z = make_embeddings("low_rank", n=500, d=300, seed=7)
+    gram = torch.zeros(300, 300, dtype=torch.float64)
+    for chunk in z.split(170):
+        _add_gram_(gram, chunk.clone(), block=block)
+    np.testing.assert_allclose(
+        torch.linalg.eigvalsh(gram).numpy(), torch.linalg.eigvalsh(z.T @ z).numpy(), rtol=1e-9, atol=1e-9
+    )
+
+
+def test_the_leaf_size_is_chosen_from_timed_products_and_kept() -> None:
+    from rankme.metric import _BUFFER_ROWS, _TUNER
+
+    d = 352  # a D no other test uses: candidates are the full product and leaves of 88 and 176
+    z = make_embeddings("gaussian", n=_BUFFER_ROWS * 6, d=d, seed=8)
+    metric = fed(RankMe(), list(z.split(256)))
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+    timings = _TUNER.timings[("cpu", d)]
+    assert set(timings) == {None, 88, 176}
+    finalists = sorted(timings, key=lambda leaf: min(timings[leaf][:1]))[:2]
+    assert sorted(len(times) for times in timings.values()) == [1, 2, 2]  # each once, the two fastest again
+    assert all(len(timings[leaf]) == 2 for leaf in finalists)
+    chosen = _TUNER.choice[("cpu", d)]
+    assert chosen == min(finalists, key=lambda leaf: min(timings[leaf]))
+    before = {leaf: list(times) for leaf, times in timings.items()}
+    fed(metric, list(z.split(256)))  # later products use the choice and are not timed
+    assert timings == before
+
+
+@pytest.mark.parametrize("reader", ["metric_state", "state_dict", "merge_state", "to", "summary", "forward"])
+def test_every_reader_of_the_state_sees_the_queued_rows(reader: str) -> None:
+    z = make_embeddings("gaussian", n=90, d=8)
+    metric = fed(RankMe(), [z[:30], z[30:60]])  # 60 rows queued, no product yet
+    if reader == "metric_state":
+        gram = metric.metric_state["gram"]
+        torch.testing.assert_close(gram.tril(), (z[:60].T @ z[:60]).tril() / metric.scale**2)
+        fed(metric, [z[60:]])
+    elif reader == "state_dict":
+        metric.persistent(True)
+        other = RankMe()
+        other.persistent(True)
+        other.load_state_dict(metric.state_dict())
+        metric = fed(other, [z[60:]])
+    elif reader == "merge_state":
+        other = fed(RankMe(), [z[60:]])
+        metric.merge_state(other)
+    elif reader == "to":
+        metric = fed(metric.to("cpu"), [z[60:]])
+    elif reader == "summary":
+        assert metric.summary().num_samples == 60
+        fed(metric, [z[60:]])
+    else:
+        metric(z[60:])
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+
+
+def test_reset_drops_the_queued_rows_and_the_buffer_stays_fixed_in_size() -> None:
+    from rankme.metric import _BUFFER_ROWS
+
+    z = make_embeddings("gaussian", n=5000, d=16)
+    metric = fed(RankMe(), list(z.split(100)))
+    assert metric._rows is not None
+    assert metric._rows.shape == (_BUFFER_ROWS, 16)  # memory does not grow with N
+    metric.reset()
+    other = make_embeddings("low_rank", n=40, d=6)
+    assert value_of(fed(metric, [other])) == pytest.approx(reference_rankme(other), rel=1e-6)

@@ -35,15 +35,25 @@ def _imported_names(tree: ast.AST) -> set[str]:
 def test_the_package_holds_the_library_alone() -> None:
     sources = sorted((ROOT / "src" / "rankme").rglob("*.py"))
     assert not [path.name for path in sources if "demo" in path.name]
-    # No module of the package imports the examples' dependencies, at module level or inside a function.
-    # (torchmetrics itself loads scipy and matplotlib when they are installed, so sys.modules cannot tell.)
+    # No module of the package imports the examples' dependencies; matplotlib only inside a function (the optional
+    # `plot` extra, for RankMe.plot). torchmetrics itself loads scipy and matplotlib when they are installed, so
+    # sys.modules cannot tell.
     for path in sources:
-        imported = _imported_names(ast.parse(path.read_text(), str(path)))
-        assert not imported & {"scipy", "sklearn", "matplotlib", "digits", "pipeline", "vicreg", "simclr"}, path
+        tree = ast.parse(path.read_text(), str(path))
+        assert not _imported_names(tree) & {"scipy", "sklearn", "digits", "pipeline", "vicreg", "simclr"}, path
+        top_level_imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        assert "matplotlib" not in _imported_names(ast.Module(body=top_level_imports, type_ignores=[])), path
     # And the examples' modules are not importable through the package.
     code = "import importlib.util as u, sys; print(u.find_spec('rankme.demo'), u.find_spec('rankme.demo_cli'))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert result.stdout.strip() == "None None"
+
+
+def test_plot_figure_draws_the_readme_figure(tmp_path: Path) -> None:
+    import plot_figure
+
+    plot_figure.main(tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("name", EXAMPLE_MODULES)

@@ -29,9 +29,6 @@ if TYPE_CHECKING:
 
 CallsPerBatch = Literal["all", "first"]
 
-_SPECTRUM_POINTS = 128  # points per kept spectrum, log-spaced in k
-_SPECTRUM_CURVES = 8  # epochs drawn in the W&B chart
-
 
 def _warn(message: str) -> None:
     """Warn once, on rank zero, with the package's category."""
@@ -57,14 +54,12 @@ def _check_number(name: str, value: object, expected: str, within: Callable[[flo
 class RankMeCallback(Callback):
     """Log RankMe of an encoder's validation outputs at the end of every validation epoch, label-free.
 
-    The embeddings come from ``module``, a submodule whose forward output a hook captures in validation steps, or
-    ``output_key``, a key of the dict that ``validation_step`` returns. A :class:`rankme.RankMe` metric accumulates them
-    on the model's device over all ranks; at epoch end every rank logs ``name`` (monitor it with ``mode="max"``),
-    ``name + "_normalized"`` (RankMe / min(N, D)), ``name + "_num_samples"`` (N) and the spectrum keys the README
-    lists. A batch with NaN or infinity makes the epoch log NaN, with a warning. In the default configuration nothing
-    is read back to the host per batch (:class:`rankme.RankMe` lists the options that do). The sanity check logs
-    nothing. Under DDP the rows a ``DistributedSampler`` repeats as padding are left out. Every warning is a
-    :class:`rankme.RankMeWarning`, emitted once, on rank zero.
+    The embeddings come from ``module`` (a submodule whose forward output a hook captures) or ``output_key`` (a key of
+    ``validation_step``'s returned dict). At epoch end every rank logs ``name`` (monitor it with ``mode="max"``),
+    ``name + "_normalized"`` (RankMe / min(N, D)), ``name + "_num_samples"`` (N) and the README's spectrum keys; NaN,
+    with a warning, if a batch held NaN or infinity. By default nothing is read back to the host per batch, the sanity
+    check logs nothing, and under DDP the rows a ``DistributedSampler`` repeats as padding are left out. Every warning
+    is a :class:`rankme.RankMeWarning`, emitted once, on rank zero.
 
     Args:
         module: dotted name of the submodule to capture (``"backbone"``, ``"encoder.head"``).
@@ -75,26 +70,20 @@ class RankMeCallback(Callback):
         center: subtract the column mean before taking singular values.
         max_samples: cap on the rows per epoch over all ranks (the paper uses 25600); None keeps all.
         dataloader_idx: which validation dataloader to monitor.
-        every_n_epochs: compute every n-th fitting epoch (every ``trainer.validate``); to skip whole validations
-            prefer ``Trainer(check_val_every_n_epoch=n)``.
+        every_n_epochs: compute every n-th fitting epoch (``Trainer(check_val_every_n_epoch=n)`` skips validation).
         transform: maps a captured output (tuple, tokens, feature map) to a (batch, D) tensor.
         log_spectrum: keep (in ``state_dict``) and log the normalised singular values at ~128 log-spaced k.
         prog_bar: show the value in the progress bar.
         collapse_threshold: warn (only) when ``name + "_normalized"`` falls below it.
-        calls_per_batch: with ``module``, when the submodule runs more than once in a batch: ``"first"`` keeps the
-            first call, ``"all"`` every call, None (default) every call with a warning.
+        calls_per_batch: if ``module`` runs twice per batch, keep the ``"first"`` call or ``"all"``; None: all, warned.
 
     Raises:
-        MisconfigurationException: if neither or both of ``module`` and ``output_key`` are given, or another argument
-            is invalid.
+        MisconfigurationException: if not exactly one of ``module`` and ``output_key`` is given, or a setting is bad.
 
     Example:
         >>> from lightning.pytorch import Trainer
-        >>> from lightning.pytorch.callbacks import ModelCheckpoint
         >>> from rankme import RankMeCallback
-        >>> rankme_cb = RankMeCallback(module="backbone")
-        >>> trainer = Trainer(callbacks=[rankme_cb, ModelCheckpoint(monitor="rankme", mode="max")],
-        ...                   logger=False, enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer = Trainer(callbacks=[RankMeCallback(module="backbone")], logger=False, enable_progress_bar=False)
     """
 
     def __init__(
@@ -136,23 +125,15 @@ class RankMeCallback(Callback):
             self.metric = RankMe(mode=mode, eps=eps, center=center, max_samples=max_samples, nan_strategy="propagate")
         except ValueError as err:
             raise MisconfigurationException(str(err)) from err
-        self.module = module
-        self.output_key = output_key
-        self.name = name
-        self.dataloader_idx = dataloader_idx
-        self.every_n_epochs = every_n_epochs
-        self.transform = transform
-        self.log_spectrum = log_spectrum
-        self.prog_bar = prog_bar
-        self.collapse_threshold = collapse_threshold
-        self.calls_per_batch = calls_per_batch
+        self.module, self.output_key, self.name, self.transform = module, output_key, name, transform
+        self.dataloader_idx, self.every_n_epochs, self.calls_per_batch = dataloader_idx, every_n_epochs, calls_per_batch
+        self.log_spectrum, self.prog_bar, self.collapse_threshold = log_spectrum, prog_bar, collapse_threshold
         self.history: list[dict[str, float]] = []
         """One entry per computed epoch: epoch, global_step, value, normalized, num_samples."""
         self.spectra: list[dict[str, Any]] = []
         """With ``log_spectrum``, one entry per computed epoch: epoch, global_step, k and s_k / sum(s) at ~128 k."""
         self._hook: RemovableHandle | None = None
-        self._active = False  # this validation epoch is monitored
-        self._in_monitored_batch = False
+        self._active = self._in_monitored_batch = False  # this validation epoch, batch is monitored
         self._rows_left: int | None = None  # this rank's real (not padding) rows still to come; None: all count
         self._batch_rows: int | None = None  # the rows kept from the current batch, once its first output is seen
         self._calls_in_batch = 0
@@ -184,8 +165,10 @@ class RankMeCallback(Callback):
         return RankMeCollapseGuard(self.name, start_epoch=start_epoch, fraction=fraction, min_value=min_value)
 
     def _keys(self) -> dict[str, str]:
-        """The logged key of each history field."""
         return {"value": self.name, "normalized": f"{self.name}_normalized", "num_samples": f"{self.name}_num_samples"}
+
+    def _report(self, message: str) -> None:
+        _warn(f"RankMeCallback({self.name!r}): {message}")
 
     def _describe(self) -> str:
         source = f"module={self.module!r}" if self.module is not None else f"output_key={self.output_key!r}"
@@ -196,10 +179,8 @@ class RankMeCallback(Callback):
         if self.module is not None:
             self._submodule(pl_module)  # fail now, before any training time is spent
         mine = set(self._keys().values())
-        for other in trainer.callbacks:  # type: ignore[attr-defined]
-            theirs = set(other._keys().values()) if isinstance(other, RankMeCallback) and other is not self else set()
-            shared = mine & theirs
-            if shared:
+        for other in [c for c in getattr(trainer, "callbacks", []) if isinstance(c, RankMeCallback) and c is not self]:
+            if shared := mine & set(other._keys().values()):
                 raise MisconfigurationException(
                     f"{self._describe()} and {other._describe()} both log {sorted(shared)}: one value would overwrite"
                     " the other. Give each RankMeCallback its own `name=`."
@@ -233,7 +214,6 @@ class RankMeCallback(Callback):
         self.metric.reset()
         self.metric.to(pl_module.device if pl_module.device.type != "mps" else "cpu")  # MPS has no float64
         if self.module is not None:
-            self._remove_hook()
             self._hook = self._submodule(pl_module).register_forward_hook(self._capture_hook)
 
     @override
@@ -241,20 +221,17 @@ class RankMeCallback(Callback):
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         self._in_monitored_batch = self._active and dataloader_idx == self.dataloader_idx
-        self._batch_rows = None
-        self._calls_in_batch = 0
+        self._batch_rows, self._calls_in_batch = None, 0
 
     def _capture_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self._in_monitored_batch:
+        if not self._in_monitored_batch or (self._calls_in_batch and self.calls_per_batch == "first"):
             return
         self._calls_in_batch += 1
-        if self._calls_in_batch > 1 and self.calls_per_batch == "first":
-            return
         if self._calls_in_batch > 1 and self.calls_per_batch is None and not self._warned_calls:
             self._warned_calls = True
-            _warn(
-                f"{self._describe()}: the submodule ran {self._calls_in_batch} times in one validation batch, and every"
-                " call's rows are counted. Pass `calls_per_batch='first'` or `'all'` to choose."
+            self._report(
+                f"{self.module!r} ran {self._calls_in_batch} times in one validation batch; every call counts. Pass"
+                " calls_per_batch='first' to keep the first call only, or 'all' to silence this."
             )
         self._update(output, f"the output of submodule {self.module!r}")
 
@@ -272,23 +249,18 @@ class RankMeCallback(Callback):
             if not isinstance(outputs, Mapping) or self.output_key not in outputs:
                 got = f"a dict with keys {list(outputs)}" if isinstance(outputs, Mapping) else repr(type(outputs))
                 raise MisconfigurationException(
-                    f"RankMeCallback(output_key={self.output_key!r}) needs validation_step to return a dict holding"
-                    f" the embeddings under {self.output_key!r}, but it returned {got}."
+                    f"RankMeCallback(output_key={self.output_key!r}): validation_step returned {got}, not a dict"
+                    " holding the embeddings under that key."
                 )
             self._update(outputs[self.output_key], f"validation_step's output[{self.output_key!r}]")
         self._in_monitored_batch = False
 
     def _real_rows(self, trainer: Trainer) -> int | None:
-        """How many rows this rank will see are real, not ``DistributedSampler`` padding; None when all count.
-
-        That sampler pads the index list with its first indices up to a multiple of the world size W and gives rank r
-        the positions r, r + W, ...: its real rows are the first ``len(range(r, len(dataset), W))``.
-        """
+        """How many rows this rank will see are real, not ``DistributedSampler`` padding; None: all count."""
         if trainer.world_size == 1:
             return None
         loop = trainer.validate_loop if trainer.state.fn == "validate" else trainer.fit_loop.epoch_loop.val_loop
-        combined = getattr(loop, "_combined_loader", None)
-        loaders = list(combined.flattened) if combined is not None else []
+        loaders = getattr(getattr(loop, "_combined_loader", None), "flattened", [])
         loader = loaders[self.dataloader_idx] if self.dataloader_idx < len(loaders) else None
         sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
         if sampler is None:
@@ -298,65 +270,54 @@ class RankMeCallback(Callback):
             return min(real, sampler.num_samples)
         if not self._warned_sampler:
             self._warned_sampler = True
-            _warn(
-                f"{self._describe()}: under DDP validation dataloader {self.dataloader_idx} samples with"
-                f" {type(sampler).__name__}, not a DistributedSampler, so rows repeated as padding are counted too."
-                " Keep `use_distributed_sampler=True` with a map-style dataset for the exact value."
-            )
+            kind, idx = type(sampler).__name__, self.dataloader_idx
+            self._report(f"dataloader {idx} samples with {kind}, not a DistributedSampler: padding rows count too.")
         return None
 
     def _update(self, output: Any, source: str) -> None:
-        with torch.no_grad():
-            z = self.transform(output) if self.transform is not None else output
-            if self._rows_left is not None and isinstance(z, Tensor) and z.ndim > 0:
-                if self._batch_rows is None:  # the batch's first output: count its real rows once
-                    self._batch_rows = min(z.shape[0], self._rows_left)
-                    self._rows_left -= self._batch_rows
-                z = z[: self._batch_rows]
-            try:
-                self.metric.update(z)  # the one check of the batch
-            except ValueError as err:
-                hint = " Pass `transform=` to map it to (batch, features), e.g. one of rankme.transforms."
-                hint = "" if isinstance(z, Tensor) and z.ndim == 2 else hint
-                raise MisconfigurationException(f"RankMeCallback on {source}: {err}{hint}") from err
+        z = self.transform(output) if self.transform is not None else output  # validation runs without grad
+        if self._rows_left is not None and isinstance(z, Tensor) and z.ndim > 0:
+            if self._batch_rows is None:  # the batch's first output: count its real rows once
+                self._batch_rows = min(z.shape[0], self._rows_left)
+                self._rows_left -= self._batch_rows
+            z = z[: self._batch_rows]
+        try:
+            self.metric.update(z)  # the one check of the batch
+        except ValueError as err:
+            hint = "" if isinstance(z, Tensor) and z.ndim == 2 else " Pass a `transform=`, e.g. from rankme.transforms."
+            raise MisconfigurationException(f"RankMeCallback on {source}: {err}{hint}") from err
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hook()
         if not self._active or trainer.sanity_checking:
             return
-        self._active = False
         epoch = trainer.current_epoch
         try:
             summary = self._summary()
         except RankMeNoSamplesError as err:  # raised alike on every rank, from synchronised state
-            _warn(f"RankMeCallback({self.name!r}) logs nothing at epoch {epoch}: {err}")
+            self._report(f"nothing logged at epoch {epoch}: {err}")
             return
         except ValueError as err:  # ranks fed different D: every rank sees the same gathered sizes and raises alike
             message = f"{self._describe()} at epoch {epoch}: {err} A `transform` or layer that depends on the rank?"
             raise MisconfigurationException(message) from err
         finally:
             self.metric.reset()
-        if summary.non_finite_batches:
-            _warn(
-                f"RankMeCallback({self.name!r}): {summary.non_finite_batches} validation batches held NaN or infinite"
-                f" embeddings at epoch {epoch}; logging {self.name}=nan."
-            )
+        if bad := summary.non_finite_batches:
+            self._report(f"{bad} batches held NaN or infinite embeddings at epoch {epoch}.")
             self._log(trainer, pl_module, math.nan, math.nan, math.nan)
             return
         self._log(trainer, pl_module, float(summary.value), summary.normalized, float(summary.num_samples))
         if self.collapse_threshold is not None and summary.normalized < self.collapse_threshold:
-            _warn(
-                f"RankMeCallback({self.name!r}): RankMe / min(N, D) = {summary.normalized:.4f} is below"
-                f" collapse_threshold={self.collapse_threshold} at epoch {epoch}. A low value alone is not collapse;"
-                " a fall is: add `collapse_early_stopping()` to stop on one."
+            self._report(
+                f"RankMe / min(N, D) = {summary.normalized:.4f} is below collapse_threshold={self.collapse_threshold}"
+                f" at epoch {epoch}; `collapse_early_stopping()` stops on a fall."
             )
         if self.log_spectrum:
             self._log_spectrum(trainer, summary)
 
     def _summary(self) -> RankMeSummary:
         """The metric's synchronised summary; its warnings, alike on every rank, are re-emitted on rank zero only."""
-        caught: list[warnings.WarningMessage] = []
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", RankMeWarning)
@@ -364,7 +325,7 @@ class RankMeCallback(Callback):
         finally:
             for warning in caught:
                 if issubclass(warning.category, RankMeWarning):
-                    _warn(f"RankMeCallback({self.name!r}): {warning.message}")
+                    self._report(str(warning.message))
                 else:
                     warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
@@ -379,14 +340,12 @@ class RankMeCallback(Callback):
     def _log_spectrum(self, trainer: Trainer, summary: RankMeSummary) -> None:
         """Keep this epoch's spectrum at ~128 log-spaced k and log it: one histogram, bar k holding s_k / sum(s)."""
         spectrum = summary.singular_values / summary.singular_values.sum()
-        k = torch.logspace(0, math.log10(len(spectrum)), _SPECTRUM_POINTS, dtype=torch.float64).round().long().unique()
+        k = torch.logspace(0, math.log10(len(spectrum)), 128, dtype=torch.float64).round().long().unique()
         ks, values = k.tolist(), spectrum[(k - 1).to(spectrum.device)].tolist()  # one read per epoch
         step = trainer.global_step
         self.spectra.append({"epoch": trainer.current_epoch, "global_step": step, "k": ks, "values": values})
-        if trainer.global_rank != 0:
-            return
         key = f"{self.name}_spectrum"
-        for logger in trainer.loggers:
+        for logger in trainer.loggers if trainer.global_rank == 0 else []:
             if isinstance(logger, WandbLogger):
                 import wandb
 
@@ -405,15 +364,10 @@ class RankMeCallback(Callback):
             return
         import wandb
 
-        picks = torch.linspace(0, len(self.spectra) - 1, min(len(self.spectra), _SPECTRUM_CURVES))
+        picks = torch.linspace(0, len(self.spectra) - 1, min(len(self.spectra), 8))  # 8 curves at most
         shown = [self.spectra[i] for i in picks.round().long().unique().tolist()]
-        plot = wandb.plot.line_series(
-            xs=[entry["k"] for entry in shown],
-            ys=[entry["values"] for entry in shown],
-            keys=[f"epoch {entry['epoch']}" for entry in shown],
-            title=f"{self.name}: normalised singular values",
-            xname="k",
-        )
+        xs, ys, keys = zip(*((entry["k"], entry["values"], f"epoch {entry['epoch']}") for entry in shown), strict=True)
+        plot = wandb.plot.line_series(xs, ys, keys, title=f"{self.name}: normalised singular values", xname="k")
         for logger in loggers:
             logger.log_metrics({f"{self.name}_spectrum_chart": plot}, step=trainer.global_step)  # type: ignore[dict-item]
 
@@ -428,14 +382,12 @@ class RankMeCallback(Callback):
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._remove_hook()
         if trainer.state.fn == "validate":
             self._log_spectrum_chart(trainer)
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._remove_hook()
-        self._active = self._in_monitored_batch = False
         self.metric.reset()
 
     @override
@@ -449,7 +401,7 @@ class RankMeCallback(Callback):
             self.history, self.spectra = _restored(state_dict, "history"), _restored(state_dict, "spectra")
         except (TypeError, ValueError) as err:
             self.history, self.spectra = [], []
-            _warn(f"{self._describe()} could not restore its history from the checkpoint ({err}); it starts afresh.")
+            self._report(f"could not restore its history from the checkpoint ({err}); it starts afresh.")
 
 
 def _is_list_of(kind: type) -> Callable[[object], bool]:

@@ -1,6 +1,6 @@
 """Ready ``transform=`` functions for :class:`rankme.RankMeCallback`: common encoder outputs to (batch, D) rows.
 
-Each is typed ``-> torch.Tensor`` (LightningCLI: ``transform: rankme.transforms.first``); bad input gets a one-line error.
+Each is typed ``-> torch.Tensor`` (LightningCLI: ``transform: rankme.transforms.first``); bad input: a one-line error.
 """
 
 from __future__ import annotations

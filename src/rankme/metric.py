@@ -27,7 +27,6 @@ from rankme.functional import (
     _effective_rank,
     _power_of_two_scale,
     _singular_values,
-    _singular_values_from_gram,
     _warn,
     _warn_capped,
     rankme,
@@ -35,6 +34,7 @@ from rankme.functional import (
 
 Mode = Literal["gram", "embeddings"]
 NanStrategy = Literal["error", "ignore", "propagate"]
+_CHOICES = {"mode": get_args(Mode), "nan_strategy": get_args(NanStrategy)}
 _TRIANGLE_MIN_FEATURES = 256  # below this D the lower-triangle product saves nothing: one full product
 _BUFFER_ROWS = 2048
 """Rows gathered (float64) before one product: small GEMMs run well below the machine's float64 rate."""
@@ -98,34 +98,35 @@ class _BlockTuner:
         """The full product, and leaves of D/32 to D/2 features (at least 64) from D=256 on."""
         if num_features < _TRIANGLE_MIN_FEATURES:
             return [None]
-        return [None, *sorted({b for parts in (32, 16, 8, 4, 2) if (b := num_features // parts) >= 64})]
-
-    def block(self, device: torch.device, num_features: int) -> tuple[int | None, bool]:
-        """The leaf size for the next full-buffer product, and whether to time it."""
-        key = (device.type, num_features)
-        candidates = self.candidates(num_features)
-        if key not in self.choice and len(candidates) == 1:
-            self.choice[key] = candidates[0]
-        if key in self.choice:
-            return self.choice[key], False
-        timings = self.timings.setdefault(key, {c: [] for c in candidates})
-        # untried candidates sort first (in order); then the two fastest get a second timing
-        finalists = sorted(candidates, key=lambda c: min(timings[c], default=0.0))[:2]
-        again = [c for c in finalists if len(timings[c]) < 2]
-        if again:
-            return again[0], True
-        self.choice[key] = finalists[0]
-        return finalists[0], False
+        leaves = {num_features // parts for parts in (32, 16, 8, 4, 2)}
+        return [None, *sorted(leaf for leaf in leaves if leaf >= 64)]
 
     def default(self, device: torch.device, num_features: int) -> int | None:
         """The leaf size for an untimed product: the choice once made, else :func:`_default_block`."""
         return self.choice.get((device.type, num_features), _default_block(num_features))
 
-    @staticmethod
-    def clock(device: torch.device) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
+    def add_gram_(self, gram: Tensor, rows: Tensor, gram_factor: Tensor, row_factor: Tensor, timed: bool) -> None:
+        """:func:`_add_gram_` at this D's leaf; a ``timed`` (full-buffer) product may try a candidate leaf instead."""
+        device, d = gram.device, rows.shape[1]
+        key = (device.type, d)
+        if timed and key not in self.choice and d < _TRIANGLE_MIN_FEATURES:
+            self.choice[key] = None  # one candidate: nothing to time
+        if not timed or key in self.choice:
+            _add_gram_(gram, rows, gram_factor, row_factor, block=self.default(device, d))
+            return
+        timings = self.timings.setdefault(key, {leaf: [] for leaf in self.candidates(d)})
+        finalists = sorted(timings, key=lambda leaf: min(timings[leaf], default=0.0))[:2]  # untried ones first
+        again = [leaf for leaf in finalists if len(timings[leaf]) < 2]
+        if not again:
+            self.choice[key] = finalists[0]
+            _add_gram_(gram, rows, gram_factor, row_factor, block=finalists[0])
+            return
+        synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda device: None
+        synchronize(device)
+        start = time.perf_counter()
+        _add_gram_(gram, rows, gram_factor, row_factor, block=again[0])
+        synchronize(device)
+        timings[again[0]].append(time.perf_counter() - start)
 
 
 _TUNER = _BlockTuner()
@@ -155,21 +156,15 @@ class RankMe(Metric):
     r"""RankMe (Garrido et al., ICML 2023), accumulated over batches and distributed ranks.
 
     The paper's value on the stacked (N, D) matrix of every row passed to :meth:`update` on every rank, in float64
-    whatever the input dtype and exact for any magnitude float64 holds. The README's "Choosing a mode" and "Cost"
-    sections explain the trade-offs and the timings.
-
-    - ``"gram"`` (default): the lower triangle of a running ``Z^T Z`` (D x D, in units of a power-of-two ``scale``)
-      and N; with ``center=True`` the scatter about the running mean, merged with Chan's formula. State and syncs
-      of about ``D^2`` numbers whatever N is; compute is one float64 ``eigvalsh``. Within about 1e-8 of an SVD
-      (up to 1e-4 on exactly rank-deficient data at D=2048: the Gram's rounding floor). Uncentred, batches are
-      cast into a buffer of 2048 rows, multiplied in when full or before anything reads the state.
-    - ``"embeddings"``: keeps every row (N x D float64) and takes an exact SVD at compute: for D far above N.
-
-    :meth:`update` reads nothing back to the host only in uncentred gram mode without ``max_samples`` and with
-    ``nan_strategy="propagate"``; the other options read a flag or row counts per batch.
+    whatever the input dtype, for any magnitude float64 holds. The README ("Choosing a mode", "Cost") has the
+    trade-offs and timings. ``"gram"`` keeps the lower triangle of ``Z^T Z`` (D x D whatever N is; the scatter about
+    the mean with ``center=True``) and takes one ``eigvalsh``, within about 1e-8 of an SVD (1e-4 on exactly
+    rank-deficient data at D=2048); ``"embeddings"`` keeps every row and takes an exact SVD, for D far above N.
+    :meth:`update` reads nothing back to the host in uncentred gram mode with ``nan_strategy="propagate"`` and
+    no ``max_samples``; the other options read a flag or row counts per batch.
 
     Args:
-        mode: ``"gram"`` or ``"embeddings"``.
+        mode: ``"gram"`` or ``"embeddings"``, see above.
         eps: the paper's smoothing constant (1e-7), in [0, 1e-2]: the value is at least about ``1 - eps``.
         center: subtract the column mean before taking singular values (off, as in the paper).
         max_samples: keep the first this many rows in total (the paper uses 25600). Under ``torch.distributed``
@@ -218,12 +213,9 @@ class RankMe(Metric):
         **metric_kwargs: Any,
     ) -> None:
         super().__init__(**metric_kwargs)
-        for name, value, choices in (
-            ("mode", mode, get_args(Mode)),
-            ("nan_strategy", nan_strategy, get_args(NanStrategy)),
-        ):
-            if value not in choices:
-                raise ValueError(f"Expected argument `{name}` to be one of {choices}, but got {value!r}.")
+        for name, value in (("mode", mode), ("nan_strategy", nan_strategy)):
+            if value not in _CHOICES[name]:
+                raise ValueError(f"Expected argument `{name}` to be one of {_CHOICES[name]}, but got {value!r}.")
         _check_eps(eps)
         _check_int("max_samples", max_samples, 1, allow_none=True, hint=" (the paper uses 25600)")
         _check_bool("center", center)
@@ -325,10 +317,8 @@ class RankMe(Metric):
         elif not self.center:
             self._queue(z, abs_max)
         elif z.shape[0]:
-            ratio, inverse = self._raise_scale(abs_max)
-            self.gram.mul_(ratio * ratio)
-            self.mean.mul_(ratio)
-            z64 = z.to(device=self.device, dtype=torch.float64) * inverse
+            self._rescale_to(torch.maximum(self.scale, _power_of_two_scale(abs_max)))
+            z64 = z.to(device=self.device, dtype=torch.float64) * torch.where(self.scale > 0, 1 / self.scale, 0.0)
             deviations = z64 - z64[0]  # about the first row first: identical rows give an exactly zero scatter
             deviation_mean = deviations.mean(dim=0)
             deviations -= deviation_mean
@@ -338,29 +328,26 @@ class RankMe(Metric):
         self.num_rows += z.shape[0]
 
     def _queue(self, z: Tensor, abs_max: Tensor, finite: Tensor | None = None) -> None:
-        """Cast a batch into the row buffer (a full buffer, or a batch of ``_BUFFER_ROWS`` rows, is multiplied in).
+        """Cast a batch into the row buffer (multiplied in when full) or, from ``_BUFFER_ROWS`` rows, multiply it in.
 
         With ``finite`` (a 0-dim bool tensor), a non-finite batch is written as zeros. Nothing is read to the host.
         """
-        n = z.shape[0]
+        n, own_product = z.shape[0], z.shape[0] >= _BUFFER_ROWS
         if n == 0:
             return
-        if finite is not None:
-            abs_max = torch.where(finite, abs_max, 0.0)
-        if n >= _BUFFER_ROWS:
+        if own_product or self._rows_filled + n > _BUFFER_ROWS:
             self._flush()
-            rows = z.to(device=self.device, dtype=torch.float64, copy=True)  # scaled in place by the product
+        if own_product:  # a copy, scaled in place by the product
+            rows = z.to(device=self.device, dtype=torch.float64, copy=True)
         else:
-            if self._rows_filled + n > _BUFFER_ROWS:
-                self._flush()
             if self._rows is None:
                 self._rows = torch.empty(_BUFFER_ROWS, z.shape[1], dtype=torch.float64, device=self.device)
                 self._rows_abs_max = torch.zeros((), dtype=torch.float64, device=self.device)
-            rows = self._rows[self._rows_filled : self._rows_filled + n]
-            rows.copy_(z)
+            rows = self._rows[self._rows_filled : self._rows_filled + n].copy_(z)
         if finite is not None:
             rows.masked_fill_(~finite, 0.0)
-        if n >= _BUFFER_ROWS:
+            abs_max = torch.where(finite, abs_max, 0.0)
+        if own_product:
             self._fold(rows, abs_max, timed=False)
         else:
             self._rows_abs_max = torch.maximum(self._rows_abs_max, abs_max)
@@ -375,21 +362,11 @@ class RankMe(Metric):
         self._rows_abs_max = torch.zeros_like(self._rows_abs_max)
 
     def _fold(self, rows: Tensor, abs_max: Tensor, timed: bool) -> None:
-        """``gram += rows^T rows`` with both rescaled (exactly) to a ``scale`` raised to cover ``abs_max``."""
-        ratio, inverse = self._raise_scale(abs_max)
-        d = rows.shape[1]
-        block, measure = _TUNER.block(self.device, d) if timed else (_TUNER.default(self.device, d), False)
-        start = _TUNER.clock(self.device) if measure else 0.0
-        _add_gram_(self.gram, rows, ratio * ratio, inverse, block=block)
-        if measure:
-            _TUNER.timings[(self.device.type, d)][block].append(_TUNER.clock(self.device) - start)
-
-    def _raise_scale(self, abs_max: Tensor) -> tuple[Tensor, Tensor]:
-        """Raise ``scale`` to cover ``abs_max``; return old / new scale (the state's factor) and 1 / new scale."""
+        """``gram += rows^T rows``, the state and the rows rescaled (exactly) to a ``scale`` that covers ``abs_max``."""
         scale = torch.maximum(self.scale, _power_of_two_scale(abs_max))
         ratio = torch.where(scale > 0, self.scale / scale, 1.0)
+        _TUNER.add_gram_(self.gram, rows, ratio * ratio, torch.where(scale > 0, 1 / scale, 0.0), timed)
         self.scale = scale
-        return ratio, torch.where(scale > 0, 1 / scale, 0.0)
 
     def forward(self, z: Tensor) -> Tensor:
         """Add ``z`` to the state, as :meth:`update` does, and return RankMe of this batch's finite rows alone.
@@ -434,8 +411,9 @@ class RankMe(Metric):
         if num_samples < num_features and not self._warned_capped:
             self._warned_capped = True
             _warn_capped(num_samples, num_features, self._is_synced, self.process_group)
-        if self.mode == "gram":
-            singular_values, scale = _singular_values_from_gram(self.gram, num_samples), self.scale
+        if self.mode == "gram":  # eigvalsh reads the lower triangle; its eigenvalues ascend
+            eigenvalues = torch.linalg.eigvalsh(self.gram, UPLO="L").flip(0)[: min(num_samples, num_features)]
+            singular_values, scale = eigenvalues.clamp(min=0).sqrt(), self.scale
         else:
             singular_values, scale = _singular_values(dim_zero_cat(self.embeddings), self.center)
         value = _effective_rank(singular_values, self.eps, self._is_synced, self.process_group)
@@ -624,36 +602,27 @@ class RankMe(Metric):
 
     def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
         """Merge another metric's states (``merge_state``) once both sides have their shapes and one scale."""
-        if self.mode == "gram":
-            incoming_features = incoming_state["gram"].shape[0]
-        else:
-            incoming_features = incoming_state["embeddings"][0].shape[1] if incoming_state["embeddings"] else 0
-        if incoming_features and self.num_features not in (None, incoming_features):
-            raise ValueError(
-                f"Expected states of one feature size, but got D={incoming_features} and D={self.num_features}."
-            )
-        if incoming_features:
-            self._size_states(incoming_features)
+        theirs = incoming_state["gram" if self.mode == "gram" else "embeddings"]
+        d = theirs.shape[0] if self.mode == "gram" else (theirs[0].shape[1] if theirs else 0)
+        if d and self.num_features not in (None, d):
+            raise ValueError(f"Expected states of one feature size, but got D={d} and D={self.num_features}.")
+        if d:
+            self._size_states(d)
         if self.mode == "embeddings":
-            super()._reduce_states(incoming_state)
-            return
-        incoming_scale = incoming_state["scale"].to(self.device)
-        scale = torch.maximum(self.scale, incoming_scale)
-        ratio = torch.where(scale > 0, incoming_scale / scale, 1.0)
+            return super()._reduce_states(incoming_state)
+        their_scale = incoming_state["scale"].to(self.device)
+        scale = torch.maximum(self.scale, their_scale)
+        ratio = torch.where(scale > 0, their_scale / scale, 1.0)
         self._rescale_to(scale)
-        gram = (
-            incoming_state["gram"].to(self.device) * (ratio * ratio)
-            if incoming_features
-            else torch.zeros_like(self.gram)
-        )
+        gram = theirs.to(self.device) * (ratio * ratio) if d else torch.zeros_like(self.gram)
         if not self.center:
-            super()._reduce_states({**incoming_state, "scale": scale, "gram": gram})
-            return
+            return super()._reduce_states({**incoming_state, "scale": scale, "gram": gram})
         self.non_finite_batches += incoming_state["non_finite_batches"].to(self.device)
-        if incoming_features:
+        if d:
             count = int(incoming_state["num_rows"])
             self._merge_centred(count, incoming_state["mean"].to(self.device) * ratio, gram)
             self.num_rows += count
+        return None
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Read a gram state saved before ``scale`` existed (in the input's own units: scale 1)."""

@@ -1,8 +1,4 @@
-"""RankMe of a whole embedding matrix, and the private helpers every route shares.
-
-The value is computed in one place, :func:`_effective_rank`; :func:`rankme` and :class:`rankme.RankMe` differ only
-in how they get the singular values (an SVD of the rows, or the eigenvalues of a streamed Gram matrix).
-"""
+"""RankMe of a whole embedding matrix, and the checks, warnings and formula that every route shares."""
 
 from __future__ import annotations
 
@@ -106,7 +102,7 @@ def _dtype_hint(dtype: torch.dtype) -> str:
         return "RankMe is defined for real embeddings: pass `z.real`, `z.abs()` or `torch.view_as_real(z).flatten(1)`."
     if dtype in (torch.qint8, torch.quint8, torch.qint32, torch.quint4x2, torch.quint2x4):
         return "Pass `z.dequantize()`."
-    return "Integer tensors are usually labels or indices passed by mistake; if they really are embeddings, pass `z.float()`."
+    return "Integers are usually labels or indices passed by mistake; if they really are embeddings, pass `z.float()`."
 
 
 def _abs_max(z: Tensor) -> Tensor:
@@ -120,9 +116,9 @@ def _abs_max(z: Tensor) -> Tensor:
 
 
 def _power_of_two_scale(abs_max: Tensor) -> Tensor:
-    """A power of two ``p`` with ``abs_max / p`` in [1, 2) (0 where ``abs_max`` is 0), clamped to [2^-1000, 2^1023].
+    """A power of two ``p`` with ``abs_max / p`` in [1, 2), clamped to [2^-1000, 2^1023]; 0 where ``abs_max`` is 0.
 
-    Dividing by it is exact and keeps squares and their sums inside float64's range; its reciprocal is finite.
+    Dividing by it is exact, keeps squares and their sums inside float64's range, and its reciprocal is finite.
     """
     _, exponent = torch.frexp(abs_max)
     scale = torch.ldexp(torch.ones_like(abs_max), (exponent - 1).clamp(-1000, 1023))
@@ -130,10 +126,7 @@ def _power_of_two_scale(abs_max: Tensor) -> Tensor:
 
 
 def _warn(message: str, once_per_job: bool = False, group: Any = None) -> None:
-    """Warn with :class:`RankMeWarning` at the first caller outside rankme, torchmetrics and torch.
-
-    With ``once_per_job`` only rank 0 (of ``group``) warns under torch.distributed.
-    """
+    """Warn with :class:`RankMeWarning` at the first caller outside our packages (rank 0 alone if ``once_per_job``)."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if once_per_job and distributed and torch.distributed.get_rank(group) != 0:
         return
@@ -153,9 +146,9 @@ def _warn_capped(num_samples: int, num_features: int, once_per_job: bool = False
 
 
 def _effective_rank(singular_values: Tensor, eps: float, once_per_job: bool = False, group: Any = None) -> Tensor:
-    """The paper's RankMe of a vector of singular values, in float64; 1 with a warning if they are all zero.
+    """RankMe of a vector of singular values, in float64 (1, with a warning, if all are zero).
 
-    The spectrum is first divided by a power of two near its largest value (exact), so its sum cannot overflow.
+    Dividing by a power of two near the largest value first is exact and keeps the sum from overflowing.
     """
     s = singular_values.to(torch.float64)
     if s.numel():
@@ -168,17 +161,8 @@ def _effective_rank(singular_values: Tensor, eps: float, once_per_job: bool = Fa
     return torch.exp(-torch.special.xlogy(p, p).sum())  # xlogy: 0 log 0 = 0 when eps = 0
 
 
-def _singular_values_from_gram(gram: Tensor, num_samples: int) -> Tensor:
-    """The min(N, D) largest singular values, descending, of a matrix whose ``Z^T Z`` has ``gram``'s lower triangle."""
-    eigenvalues = torch.linalg.eigvalsh(gram, UPLO="L")  # ascending
-    return eigenvalues.flip(0)[: min(num_samples, gram.shape[0])].clamp(min=0).sqrt()
-
-
 def _singular_values(z: Tensor, center: bool) -> tuple[Tensor, Tensor]:
-    """The singular values of ``z`` (column-centred if asked) by float64 SVD, in units of ``scale``; and ``scale``.
-
-    ``scale`` is a power of two near ``max |z|``: dividing by it is exact and keeps the SVD inside float64's range.
-    """
+    """Float64 SVD of ``z`` (centred if asked) divided by a power of two near ``max |z|`` (exact), and that power."""
     z64 = z.detach().to(torch.float64)
     scale = _power_of_two_scale(_abs_max(z64))
     z64 = z64 * torch.where(scale > 0, 1 / scale, 0.0)

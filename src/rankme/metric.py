@@ -369,10 +369,9 @@ class RankMe(Metric):
         self.scale = scale
 
     def forward(self, z: Tensor) -> Tensor:
-        """Add ``z`` to the state, as :meth:`update` does, and return RankMe of this batch's finite rows alone.
+        """:meth:`update`, then RankMe of this batch's finite rows alone on this process (NaN if none is left).
 
-        A bad batch raises as in :meth:`update` and keeps the state (torchmetrics' generic ``forward`` would reset
-        it around the batch). The batch value is local to this process, and NaN when no finite row is left.
+        Unlike torchmetrics' generic ``forward``, the state is never reset around the batch, so a bad one loses nothing.
         """
         self.update(z)
         rows = z.detach()[torch.isfinite(z.detach()).all(dim=1)]
@@ -420,9 +419,7 @@ class RankMe(Metric):
         return RankMeSummary(value.to(torch.get_default_dtype()), singular_values * scale, num_samples, num_features)
 
     def compute(self) -> Tensor:
-        """RankMe of every row accumulated on every rank, as a 0-dim tensor on the metric's device.
-
-        A collective under ``torch.distributed``: call it on every rank.
+        """RankMe of every row accumulated on every rank, as a 0-dim tensor (a collective: call it on every rank).
 
         Raises:
             RankMeNoSamplesError: if no rows were accumulated on any rank.
@@ -438,9 +435,7 @@ class RankMe(Metric):
         return summary.value
 
     def summary(self) -> RankMeSummary:
-        """The value, the spectrum (min(N, D) singular values, descending) and N and D, from one sync.
-
-        A collective under ``torch.distributed``, like :meth:`compute`: call it on every rank.
+        """The value, the spectrum, N and D from one sync (a collective, like :meth:`compute`).
 
         Raises:
             RankMeNoSamplesError: if no rows were accumulated on any rank.

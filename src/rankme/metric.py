@@ -463,9 +463,7 @@ class RankMe(Metric):
         Example:
             >>> import torch
             >>> from rankme import RankMe
-            >>> metric = RankMe()
-            >>> values = [metric(torch.randn(64, 8)) for _ in range(5)]
-            >>> fig, ax = metric.plot(values)  # doctest: +SKIP
+            >>> fig, ax = RankMe().plot([torch.tensor(3.0), torch.tensor(4.5)])  # doctest: +SKIP
         """
         _pyplot()
         fig, ax = self._plot(val, ax)
@@ -603,21 +601,21 @@ class RankMe(Metric):
             raise ValueError(f"Expected states of one feature size, but got D={d} and D={self.num_features}.")
         if d:
             self._size_states(d)
-        if self.mode == "embeddings":
-            return super()._reduce_states(incoming_state)
-        their_scale = incoming_state["scale"].to(self.device)
-        scale = torch.maximum(self.scale, their_scale)
-        ratio = torch.where(scale > 0, their_scale / scale, 1.0)
-        self._rescale_to(scale)
-        gram = theirs.to(self.device) * (ratio * ratio) if d else torch.zeros_like(self.gram)
-        if not self.center:
-            return super()._reduce_states({**incoming_state, "scale": scale, "gram": gram})
-        self.non_finite_batches += incoming_state["non_finite_batches"].to(self.device)
-        if d:
-            count = int(incoming_state["num_rows"])
-            self._merge_centred(count, incoming_state["mean"].to(self.device) * ratio, gram)
-            self.num_rows += count
-        return None
+        if self.mode == "gram":
+            their_scale = incoming_state["scale"].to(self.device)
+            scale = torch.maximum(self.scale, their_scale)
+            ratio = torch.where(scale > 0, their_scale / scale, 1.0)
+            self._rescale_to(scale)
+            gram = theirs.to(self.device) * (ratio * ratio) if d else torch.zeros_like(self.gram)
+            incoming_state = {**incoming_state, "scale": scale, "gram": gram}
+            if self.center:  # Chan's merge by count and mean, not a plain sum
+                self.non_finite_batches += incoming_state["non_finite_batches"].to(self.device)
+                if d:
+                    count = int(incoming_state["num_rows"])
+                    self._merge_centred(count, incoming_state["mean"].to(self.device) * ratio, gram)
+                    self.num_rows += count
+                return
+        super()._reduce_states(incoming_state)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Read a gram state saved before ``scale`` existed (in the input's own units: scale 1)."""

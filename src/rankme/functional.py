@@ -1,9 +1,4 @@
-"""RankMe on a whole embedding matrix, and the private helpers that every route shares.
-
-The value is computed in exactly one place, :func:`_effective_rank`, from the singular values; the
-functional :func:`rankme` and the :class:`rankme.RankMe` metric differ only in how they obtain those
-singular values (an SVD of the stacked rows, or the eigenvalues of a streamed Gram matrix).
-"""
+"""RankMe of a whole embedding matrix, and the checks, warnings and formula that every route shares."""
 
 from __future__ import annotations
 
@@ -17,17 +12,14 @@ import torch
 from torch import Tensor
 
 DEFAULT_EPS = 1e-7
-# Warnings point past frames in these packages, at the user's line: rankme's own, torch's (Module.__call__) and
-# torchmetrics' (the wrappers around update and compute).
+MAX_EPS = 1e-2
+"""The largest ``eps`` accepted: the value never falls below about ``1 - eps`` (RankMe's floor is 1)."""
+# Warnings point past frames in rankme, torch (Module.__call__) and torchmetrics (update/compute wrappers).
 _INTERNAL_DIRS = tuple(
     str(Path(spec.origin).parent)
     for spec in map(importlib.util.find_spec, ("rankme", "torch", "torchmetrics"))
     if spec is not None and spec.origin is not None
 )
-MAX_EPS = 1e-2
-"""The largest ``eps`` accepted. The value never falls below ``(1 + eps) ** -(1 + eps)``, about ``1 - eps``, instead
-of RankMe's floor of 1 (the rank-one value), and ``eps`` lifts every other ``p_k``: above 1e-2 the result is no longer
-on the paper's scale (which uses 1e-7; some tools use 1e-5)."""
 
 
 class RankMeWarning(UserWarning):
@@ -68,13 +60,12 @@ def _check_int(name: str, value: object, lowest: int, allow_none: bool = False, 
 
 
 def _check_bool(name: str, value: object) -> None:
-    """Raise a ``ValueError`` unless ``value`` is a bool."""
     if not isinstance(value, bool):
         raise ValueError(f"Expected argument `{name}` to be a bool, but got {value!r}.")
 
 
 def _check_embeddings(z: object, expected_features: int | None = None) -> None:
-    """Raise a ``ValueError`` unless ``z`` is a dense, real floating-point (batch, features) tensor with values."""
+    """Raise a one-line ``ValueError`` unless ``z`` is a dense, real floating-point (batch, features) tensor."""
     if not isinstance(z, Tensor):
         hint = " Convert it with `torch.from_numpy(z)`." if type(z).__module__ == "numpy" else ""
         raise ValueError(
@@ -105,37 +96,29 @@ def _check_embeddings(z: object, expected_features: int | None = None) -> None:
 
 
 def _dtype_hint(dtype: torch.dtype) -> str:
-    """How to fix a non-floating dtype, said about that dtype."""
     if dtype == torch.bool:
         return "A bool tensor is a mask, not embeddings; if it really holds features, pass `z.float()`."
     if dtype.is_complex:
         return "RankMe is defined for real embeddings: pass `z.real`, `z.abs()` or `torch.view_as_real(z).flatten(1)`."
     if dtype in (torch.qint8, torch.quint8, torch.qint32, torch.quint4x2, torch.quint2x4):
         return "Pass `z.dequantize()`."
-    return (
-        "Integer tensors are usually labels or indices passed by mistake; if they really are embeddings,"
-        " pass `z.float()`."
-    )
+    return "Integers are usually labels or indices passed by mistake; if they really are embeddings, pass `z.float()`."
 
 
 def _abs_max(z: Tensor) -> Tensor:
-    """``max |z|`` as a float64 0-dim tensor on ``z``'s device, in one reduction (NaN or inf if ``z`` holds them).
-
-    It is both the finiteness test and the scale of the batch (0 for an empty or all-zero batch).
-    """
+    """``max |z|`` as a float64 0-dim tensor on ``z``'s device, in one pass: the batch's scale and finiteness test."""
     if z.numel() == 0:
         return torch.zeros((), dtype=torch.float64, device=z.device)
     if z.element_size() == 1:  # float8: no reductions on CPU
         z = z.float()
-    low, high = torch.aminmax(z)  # one pass; much faster than vector_norm(z, inf) on CPU; NaN propagates
+    low, high = torch.aminmax(z)  # much faster than vector_norm(z, inf) on CPU; NaN propagates
     return torch.maximum(-low, high).to(torch.float64)
 
 
 def _power_of_two_scale(abs_max: Tensor) -> Tensor:
-    """A power of two ``p`` with ``abs_max / p`` in [1, 2), as a float64 tensor; 0 where ``abs_max`` is 0.
+    """A power of two ``p`` with ``abs_max / p`` in [1, 2), clamped to [2^-1000, 2^1023]; 0 where ``abs_max`` is 0.
 
-    Dividing by it is exact, and keeps squares and their sums far from float64's overflow and underflow. It is
-    clamped to [2^-1000, 2^1023], so its reciprocal is finite too (values below 2^-1000 keep their own bits).
+    Dividing by it is exact, keeps squares and their sums inside float64's range, and its reciprocal is finite.
     """
     _, exponent = torch.frexp(abs_max)
     scale = torch.ldexp(torch.ones_like(abs_max), (exponent - 1).clamp(-1000, 1023))
@@ -143,11 +126,7 @@ def _power_of_two_scale(abs_max: Tensor) -> Tensor:
 
 
 def _warn(message: str, once_per_job: bool = False, group: Any = None) -> None:
-    """Warn with :class:`RankMeWarning`, pointing at the first caller outside rankme, torchmetrics and torch.
-
-    With ``once_per_job`` only rank 0 (of ``group``) warns under torch.distributed: a value that every rank
-    computes after a sync would otherwise warn once per rank.
-    """
+    """Warn with :class:`RankMeWarning` at the first caller outside our packages (rank 0 alone if ``once_per_job``)."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if once_per_job and distributed and torch.distributed.get_rank(group) != 0:
         return
@@ -167,12 +146,9 @@ def _warn_capped(num_samples: int, num_features: int, once_per_job: bool = False
 
 
 def _effective_rank(singular_values: Tensor, eps: float, once_per_job: bool = False, group: Any = None) -> Tensor:
-    """The paper's RankMe of a vector of singular values, in float64.
+    """RankMe of a vector of singular values, in float64 (1, with a warning, if all are zero).
 
-    ``p_k = s_k / sum(s) + eps`` and the value is ``exp(-sum_k p_k log p_k)``. A spectrum of zeros (a
-    completely collapsed encoder) has RankMe 1 by convention, with a warning (on rank 0 alone with
-    ``once_per_job``). The spectrum is first divided by a power of two near its largest value (exact, and
-    the value does not depend on the scale), so the sum cannot overflow.
+    Dividing by a power of two near the largest value first is exact and keeps the sum from overflowing.
     """
     s = singular_values.to(torch.float64)
     if s.numel():
@@ -185,20 +161,8 @@ def _effective_rank(singular_values: Tensor, eps: float, once_per_job: bool = Fa
     return torch.exp(-torch.special.xlogy(p, p).sum())  # xlogy: 0 log 0 = 0 when eps = 0
 
 
-def _singular_values_from_gram(gram: Tensor, num_samples: int) -> Tensor:
-    """The min(N, D) largest singular values, descending, of a matrix whose ``Z^T Z`` has ``gram``'s lower triangle."""
-    eigenvalues = torch.linalg.eigvalsh(gram, UPLO="L")  # ascending; reads the lower triangle only
-    keep = min(num_samples, gram.shape[0])
-    return eigenvalues.flip(0)[:keep].clamp(min=0).sqrt()
-
-
 def _singular_values(z: Tensor, center: bool) -> tuple[Tensor, Tensor]:
-    """The min(N, D) singular values, descending, of ``z`` (column-centred first if asked), by float64 SVD.
-
-    Returns them divided by a power-of-two ``scale`` near ``max |z|``, and that scale: the division is exact and
-    keeps the SVD and the centring away from float64's overflow and underflow; ``s * scale`` are the values in
-    the units of ``z`` (infinite only where they truly exceed float64's range).
-    """
+    """Float64 SVD of ``z`` (centred if asked) divided by a power of two near ``max |z|`` (exact), and that power."""
     z64 = z.detach().to(torch.float64)
     scale = _power_of_two_scale(_abs_max(z64))
     z64 = z64 * torch.where(scale > 0, 1 / scale, 0.0)
@@ -211,9 +175,8 @@ def _singular_values(z: Tensor, center: bool) -> tuple[Tensor, Tensor]:
 def rankme(z: Tensor, eps: float = DEFAULT_EPS, center: bool = False) -> Tensor:
     """RankMe (Garrido et al., ICML 2023): the effective rank of an (N, D) embedding matrix.
 
-    The singular values of the uncentred matrix (``center=True`` subtracts the column mean first) are
-    computed by a float64 SVD whatever the input dtype; ``p_k = s_k / sum(s) + eps``; the value is
-    ``exp(-sum_k p_k log p_k)``, between about 1 (collapse) and ``min(N, D)``.
+    With ``s`` the singular values of ``z`` (float64 SVD, exact for any magnitude float64 holds),
+    ``p_k = s_k / sum(s) + eps`` and the value is ``exp(-sum_k p_k log p_k)``, from about 1 (collapse) to min(N, D).
 
     Args:
         z: floating-point tensor of shape (N, D), one embedding per row.
@@ -222,9 +185,6 @@ def rankme(z: Tensor, eps: float = DEFAULT_EPS, center: bool = False) -> Tensor:
 
     Returns:
         A 0-dim tensor of the default float dtype, on ``z``'s device.
-
-    Inputs of any magnitude that float64 holds (1e-300 or 1e300 alike) give the exact value: the rows are
-    divided by a power of two near ``max |z|`` before the SVD, which leaves RankMe unchanged.
 
     Raises:
         ValueError: if ``z`` is not a dense, real floating-point 2-D tensor with at least one row, holds NaN or

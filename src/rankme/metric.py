@@ -6,7 +6,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 from torch import Tensor
@@ -27,7 +27,6 @@ from rankme.functional import (
     _effective_rank,
     _power_of_two_scale,
     _singular_values,
-    _singular_values_from_gram,
     _warn,
     _warn_capped,
     rankme,
@@ -35,14 +34,10 @@ from rankme.functional import (
 
 Mode = Literal["gram", "embeddings"]
 NanStrategy = Literal["error", "ignore", "propagate"]
-_MODES = ("gram", "embeddings")
-_NAN_STRATEGIES = ("error", "ignore", "propagate")
-
-
-_TRIANGLE_MIN_FEATURES = 256
+_CHOICES = {"mode": get_args(Mode), "nan_strategy": get_args(NanStrategy)}
+_TRIANGLE_MIN_FEATURES = 256  # below this D the lower-triangle product saves nothing: one full product
 _BUFFER_ROWS = 2048
-"""Rows gathered (float64, ``_BUFFER_ROWS * D * 8`` bytes) before one product: small batches make small GEMMs,
-which run well below the machine's float64 rate, and every product also reads and writes the D x D state."""
+"""Rows gathered (float64) before one product: small GEMMs run well below the machine's float64 rate."""
 
 
 def _default_block(num_features: int) -> int | None:
@@ -59,14 +54,11 @@ def _add_gram_(
 ) -> None:
     """``gram = gram_factor * gram + (row_factor * rows)^T (row_factor * rows)``, on and below the diagonal, in place.
 
-    The lower triangle of ``X^T X`` for ``X = [X1 X2]`` is the off-diagonal block ``X2^T X1`` (one large GEMM) and
-    the lower triangles of ``X1^T X1`` and ``X2^T X2``, split the same way down to diagonal squares of at most
-    ``block`` features (``0``: :func:`_default_block`; ``None``: one full product), which are full products. With
-    leaves of D/8 it does ``1.125 n D^2`` FLOP instead of ``2 n D^2``, half of it in one GEMM of D/2 x D/2.
-    ``rows`` is first multiplied by ``row_factor`` in place, and each block of ``gram`` by ``gram_factor`` just
-    before its GEMM, while it is in cache (0-dim device tensors: the state's rescaling, see :class:`RankMe`). The
-    strictly-upper blocks of ``gram`` are not kept up to date: every reader of the state (``eigvalsh``, which reads
-    the lower triangle, and the sums and rank-one corrections of syncs and merges) works on the lower triangle alone.
+    The lower triangle of ``X^T X`` for ``X = [X1 X2]`` is one GEMM ``X2^T X1`` plus the lower triangles of
+    ``X1^T X1`` and ``X2^T X2``, split the same way down to full products of at most ``block`` features (``0``:
+    :func:`_default_block`; ``None``: one full product). ``rows`` is scaled in place; each block of ``gram`` is
+    scaled just before its GEMM, while in cache. The strictly-upper part of ``gram`` is left stale: every reader
+    (``eigvalsh``, sums, rank-one corrections) uses the lower triangle alone.
     """
     d = rows.shape[1]
     block = _default_block(d) if block == 0 else block
@@ -91,16 +83,11 @@ def _add_gram_(
 
 
 class _BlockTuner:
-    """Chooses the leaf size of :func:`_add_gram_` per device type and D from timings of real products.
+    """Chooses the leaf size of :func:`_add_gram_` per device type and D by timing the metric's own products.
 
-    The first full-buffer products at a D each try one candidate (the full product, and leaves of D/32 to D/2
-    features, at least 64: fewer FLOP, or fewer and larger GEMMs), then the two fastest once more, and the
-    fastest is kept for the rest of the process. The products are the metric's real work, so trying costs only
-    the difference between candidates. On an accelerator each timed product synchronises the device: a few times
-    per D and process, never afterwards.
+    The first full-buffer products at a D try each candidate once, then the two fastest once more; the fastest is
+    kept for the process. On an accelerator each timed product synchronises the device.
     """
-
-    rounds_for_the_best = 2
 
     def __init__(self) -> None:
         self.choice: dict[tuple[str, int], int | None] = {}
@@ -108,37 +95,38 @@ class _BlockTuner:
 
     @staticmethod
     def candidates(num_features: int) -> list[int | None]:
+        """The full product, and leaves of D/32 to D/2 features (at least 64) from D=256 on."""
         if num_features < _TRIANGLE_MIN_FEATURES:
             return [None]
-        blocks = {num_features // parts for parts in (32, 16, 8, 4, 2)}
-        return [None, *sorted(b for b in blocks if b >= 64)]
-
-    def block(self, device: torch.device, num_features: int) -> tuple[int | None, bool]:
-        """The block size to use now, and whether to time this product."""
-        key = (device.type, num_features)
-        if key in self.choice:
-            return self.choice[key], False
-        candidates = self.candidates(num_features)
-        if len(candidates) == 1:
-            self.choice[key] = candidates[0]
-            return candidates[0], False
-        timings = self.timings.setdefault(key, {c: [] for c in candidates})
-        untried = [c for c in candidates if not timings[c]]
-        if untried:
-            return untried[0], True
-        finalists = sorted(candidates, key=lambda c: min(timings[c]))[:2]
-        again = [c for c in finalists if len(timings[c]) < self.rounds_for_the_best]
-        if again:
-            return again[0], True
-        self.choice[key] = finalists[0]
-        return finalists[0], False
+        leaves = {num_features // parts for parts in (32, 16, 8, 4, 2)}
+        return [None, *sorted(leaf for leaf in leaves if leaf >= 64)]
 
     def default(self, device: torch.device, num_features: int) -> int | None:
-        """The block size for an untimed product: the choice once made, else :func:`_default_block`."""
+        """The leaf size for an untimed product: the choice once made, else :func:`_default_block`."""
         return self.choice.get((device.type, num_features), _default_block(num_features))
 
-    def record(self, device: torch.device, num_features: int, block: int | None, seconds: float) -> None:
-        self.timings[(device.type, num_features)][block].append(seconds)
+    def add_gram_(self, gram: Tensor, rows: Tensor, gram_factor: Tensor, row_factor: Tensor, timed: bool) -> None:
+        """:func:`_add_gram_` at this D's leaf; a ``timed`` (full-buffer) product may try a candidate leaf instead."""
+        device, d = gram.device, rows.shape[1]
+        key = (device.type, d)
+        if timed and key not in self.choice and d < _TRIANGLE_MIN_FEATURES:
+            self.choice[key] = None  # one candidate: nothing to time
+        if not timed or key in self.choice:
+            _add_gram_(gram, rows, gram_factor, row_factor, block=self.default(device, d))
+            return
+        timings = self.timings.setdefault(key, {leaf: [] for leaf in self.candidates(d)})
+        finalists = sorted(timings, key=lambda leaf: min(timings[leaf], default=0.0))[:2]  # untried ones first
+        again = [leaf for leaf in finalists if len(timings[leaf]) < 2]
+        if not again:
+            self.choice[key] = finalists[0]
+            _add_gram_(gram, rows, gram_factor, row_factor, block=finalists[0])
+            return
+        synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda device: None
+        synchronize(device)
+        start = time.perf_counter()
+        _add_gram_(gram, rows, gram_factor, row_factor, block=again[0])
+        synchronize(device)
+        timings[again[0]].append(time.perf_counter() - start)
 
 
 _TUNER = _BlockTuner()
@@ -150,7 +138,7 @@ class RankMeSummary(NamedTuple):
     value: Tensor
     """0-dim tensor of the default float dtype: RankMe."""
     singular_values: Tensor
-    """float64 tensor of the min(N, D) singular values, descending."""
+    """float64 tensor of the min(N, D) singular values, descending, in the units of the input."""
     num_samples: int
     """N, the rows accumulated over all ranks."""
     num_features: int
@@ -167,63 +155,23 @@ class RankMeSummary(NamedTuple):
 class RankMe(Metric):
     r"""RankMe (Garrido et al., ICML 2023), accumulated over batches and distributed ranks.
 
-    The paper's value on the stacked (N, D) matrix of every row passed to :meth:`update` on every rank:
-    singular values of the uncentred matrix, ``p_k = s_k / sum(s) + eps``, ``exp(-sum p_k log p_k)``.
-    Everything is accumulated in float64 whatever the input dtype.
-
-    Two modes give the same value (to about 1e-8 relative):
-
-    - ``"gram"`` (default): a running float64 ``Z^T Z`` (D x D, lower triangle only) and N; with ``center=True``
-      the scatter matrix about the running mean instead, merged between batches and ranks with Chan's formula, so
-      a large offset never cancels catastrophically. The state does not grow with N, ranks exchange about ``D^2``
-      numbers per sync, and compute is one ``eigvalsh`` of a D x D matrix, fast even for N in the hundreds of
-      thousands. Pick it unless D is much larger than N. Singular values below about ``1e-8 * s_1`` are at the
-      float64 Gram's rounding floor: on exactly rank-deficient data the value can differ from an SVD's by up to
-      about 1e-4 relative at D=2048 (1e-6 or better on the other spectra).
-    - ``"embeddings"``: keeps every row (N x D float64 in memory, all rows gathered at sync) and takes an
-      exact SVD at compute. Pick it when D is far larger than the number of samples, or to inspect rows.
-
-    **Any magnitude.** Squaring 1e200 overflows float64 and squaring 1e-200 underflows, so the Gram state is kept
-    in units of ``scale``, a power of two at or just below the largest ``|z|`` seen so far (a float64 state). Each
-    batch is divided by it; a batch with larger values raises it and the state is multiplied by the exact
-    power-of-two ratio of the scales. RankMe does not depend on the scale, so every value float64 can hold gives
-    the exact value; ranks are brought to a common scale before their states are summed, and so are merged states.
-    ``summary().singular_values`` are in the units of the input (infinite only where they exceed float64's range).
-
-    **Reads back to the host.** In the default gram mode, uncentred, without ``max_samples`` and with
-    ``nan_strategy="propagate"``, :meth:`update` reads nothing back from the device: the largest ``|z|`` of the
-    batch is both its scale and its finiteness test, and a non-finite batch is left out on the device. The other
-    options read per batch, because their work depends on the batch's contents: ``"error"`` must raise at the
-    batch that holds NaN or infinity (one boolean), ``"ignore"`` drops those rows and ``max_samples`` cuts the
-    batch (row counts, and indexing by them), ``center=True`` merges by the row count, and embeddings mode skips
-    empty batches. Each read waits for the work queued before it on a GPU.
-
-    **Speed.** Uncentred gram updates cast each batch into a float64 buffer of 2048 rows (``2048 * D * 8``
-    bytes, fixed) and multiply a full buffer in one product, so small batches still run near the machine's
-    float64 matrix-product rate; the queued rows join the state before anything reads it (:meth:`compute`,
-    :meth:`summary`, syncs, :meth:`merge_state`, ``metric_state``, ``state_dict``, device moves). The product
-    computes only the lower triangle of ``Z^T Z``, recursively, down to a leaf size chosen per D from timings
-    of the first full-buffer products in the process (on a GPU those few products synchronise the device).
-    The epoch end is one float64 ``eigvalsh``: float32 was faster but lost up to 87% of the value on a
-    near-collapsed spectrum at D=8192.
-
-    **Merging** (:meth:`merge_state`) needs the same ``mode`` and ``center`` (they decide what the state is);
-    ``eps`` only matters at compute (this metric's is used), ``nan_strategy`` only at update, and ``max_samples``
-    caps what each metric's updates keep: the merge adds every row both hold, as a sync does.
+    The paper's value on the stacked (N, D) matrix of every row passed to :meth:`update` on every rank, in float64
+    whatever the input dtype, for any magnitude float64 holds. The README ("Choosing a mode", "Cost") has the
+    trade-offs and timings. ``"gram"`` keeps the lower triangle of ``Z^T Z`` (D x D whatever N is; the scatter about
+    the mean with ``center=True``) and takes one ``eigvalsh``, within about 1e-8 of an SVD (1e-4 on exactly
+    rank-deficient data at D=2048); ``"embeddings"`` keeps every row and takes an exact SVD, for D far above N.
+    :meth:`update` reads nothing back to the host in uncentred gram mode with ``nan_strategy="propagate"`` and
+    no ``max_samples``; the other options read a flag or row counts per batch.
 
     Args:
         mode: ``"gram"`` or ``"embeddings"``, see above.
         eps: the paper's smoothing constant (1e-7), in [0, 1e-2]: the value is at least about ``1 - eps``.
         center: subtract the column mean before taking singular values (off, as in the paper).
-        max_samples: stop accumulating after this many rows in total (the paper uses 25600). Rows past the
-            cap are ignored, first come first kept. Under ``torch.distributed`` with W ranks each rank keeps
-            its first ``max_samples // W`` rows (one more on the first ``max_samples % W`` ranks), so the
-            total is exactly ``max_samples`` when every rank sees its share, whatever the timing.
-        nan_strategy: ``"error"`` raises on a batch with NaN or infinity and keeps the state as it was before
-            that batch; ``"ignore"`` drops the non-finite rows with a warning that counts them; ``"propagate"``
-            leaves such a batch out silently, counts it, and makes :meth:`compute` return NaN (with a warning) until
-            :meth:`reset`: the policy of :class:`rankme.RankMeCallback`, and the only one with no host read per
-            batch (see above).
+        max_samples: keep the first this many rows in total (the paper uses 25600). Under ``torch.distributed``
+            each of W ranks keeps its first ``max_samples // W`` rows (one more on the first ``max_samples % W``).
+        nan_strategy: for a batch holding NaN or infinity, ``"error"`` raises and keeps the state as it was;
+            ``"ignore"`` drops those rows with a warning; ``"propagate"`` leaves the batch out, counts it, and makes
+            :meth:`compute` NaN (with a warning) until :meth:`reset`, as :class:`rankme.RankMeCallback` does.
         metric_kwargs: passed to :class:`torchmetrics.Metric` (``process_group``, ``sync_on_compute``, ...).
 
     Raises:
@@ -265,38 +213,30 @@ class RankMe(Metric):
         **metric_kwargs: Any,
     ) -> None:
         super().__init__(**metric_kwargs)
-        if mode not in _MODES:
-            raise ValueError(f"Expected argument `mode` to be one of {_MODES}, but got {mode!r}.")
+        for name, value in (("mode", mode), ("nan_strategy", nan_strategy)):
+            if value not in _CHOICES[name]:
+                raise ValueError(f"Expected argument `{name}` to be one of {_CHOICES[name]}, but got {value!r}.")
         _check_eps(eps)
         _check_int("max_samples", max_samples, 1, allow_none=True, hint=" (the paper uses 25600)")
-        if nan_strategy not in _NAN_STRATEGIES:
-            raise ValueError(
-                f"Expected argument `nan_strategy` to be one of {_NAN_STRATEGIES}, but got {nan_strategy!r}."
-            )
         _check_bool("center", center)
-        self.mode = mode
-        self.eps = float(eps)
-        self.center = center
-        self.max_samples = max_samples
-        self.nan_strategy = nan_strategy
+        self.mode, self.eps, self.center = mode, float(eps), center
+        self.max_samples, self.nan_strategy = max_samples, nan_strategy
         self._warned_capped = False
-        self._rows: Tensor | None = None  # rows waiting for the next product (uncentred gram mode), see _queue
+        self._rows: Tensor | None = None  # the buffer of rows waiting for the next product, see _queue
         self._rows_filled = 0
         self._rows_abs_max = torch.zeros((), dtype=torch.float64)
 
         self.add_state("num_rows", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("non_finite_batches", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        if mode == "gram":
-            # D is only known at the first update: the states start empty and are sized then. Only the lower
-            # triangle of `gram` is kept (see _add_gram_), in units of `scale` (0 until a non-zero row arrives).
-            # Uncentred, `gram` is the sum of z^T z; centred, it is the scatter about this process's `mean`, which
-            # _sync_dist re-centres on the global mean before summing (the gathered means are not used after that).
-            self.add_state("gram", default=torch.zeros(0, 0, dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state("scale", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="max")
-            if center:
-                self.add_state("mean", default=torch.zeros(0, dtype=torch.float64), dist_reduce_fx=None)
-        else:
+        if mode == "embeddings":
             self.add_state("embeddings", default=[], dist_reduce_fx="cat")
+            return
+        # Sized at the first update (see _size_states). Centred, `gram` is the scatter about this process's `mean`,
+        # which _sync_dist re-centres on the global mean before the sum.
+        self.add_state("gram", default=torch.zeros(0, 0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("scale", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="max")
+        if center:
+            self.add_state("mean", default=torch.zeros(0, dtype=torch.float64), dist_reduce_fx=None)
 
     @property
     def num_features(self) -> int | None:
@@ -311,28 +251,28 @@ class RankMe(Metric):
         """Give the empty states their (D x D), (D,) or (0, D) shape; a no-op once they have it."""
         if self.num_features is not None:
             return
-        if self.mode == "gram":
-            try:
-                gram = torch.zeros(num_features, num_features, dtype=torch.float64, device=self.device)
-            except RuntimeError as err:  # torch.OutOfMemoryError included
-                raise ValueError(
-                    f"Expected D x D float64 to fit in memory in gram mode, but D={num_features} needs"
-                    f" {num_features**2 * 8 / 2**30:.3g} GiB. Use mode='embeddings' (N x D) or fewer features."
-                ) from err
-            self.gram = gram
-            if self.center:
-                self.mean = torch.zeros(num_features, dtype=torch.float64, device=self.device)
-        else:
+        if self.mode == "embeddings":
             self.embeddings.append(torch.zeros(0, num_features, dtype=torch.float64, device=self.device))
+            return
+        try:
+            self.gram = torch.zeros(num_features, num_features, dtype=torch.float64, device=self.device)
+        except RuntimeError as err:  # torch.OutOfMemoryError included
+            raise ValueError(
+                f"Expected D x D float64 to fit in memory in gram mode, but D={num_features} needs"
+                f" {num_features**2 * 8 / 2**30:.3g} GiB. Use mode='embeddings' (N x D) or fewer features."
+            ) from err
+        if self.center:
+            self.mean = torch.zeros(num_features, dtype=torch.float64, device=self.device)
 
-    def _local_quota(self) -> int | None:
-        """How many rows this rank may keep under ``max_samples``, or None for no cap."""
+    def _room(self) -> int | None:
+        """How many more rows this rank may keep under ``max_samples`` (its share of them), or None for no cap."""
         if self.max_samples is None:
             return None
         distributed = callable(self.distributed_available_fn) and self.distributed_available_fn()
         world_size = torch.distributed.get_world_size(self.process_group) if distributed else 1
         rank = torch.distributed.get_rank(self.process_group) if distributed else 0
-        return self.max_samples // world_size + int(rank < self.max_samples % world_size)
+        quota = self.max_samples // world_size + int(rank < self.max_samples % world_size)
+        return max(quota - int(self.num_rows), 0)
 
     def update(self, z: Tensor) -> None:
         """Add a (batch, D) tensor of embeddings; no autograd graph is kept.
@@ -343,9 +283,13 @@ class RankMe(Metric):
         """
         _check_embeddings(z, self.num_features)
         z = z.detach()
-        abs_max = _abs_max(z).to(self.device)  # one reduction: the batch's scale and its finiteness test
+        abs_max = _abs_max(z).to(self.device)  # the batch's scale and its finiteness test
         if self.mode == "gram" and not self.center and self.max_samples is None and self.nan_strategy == "propagate":
-            self._update_on_device(z, abs_max)
+            finite = torch.isfinite(abs_max)  # stays on the device: a bad batch is queued as zeros and counted
+            self._size_states(z.shape[1])
+            self._queue(z, abs_max, finite)
+            self.num_rows += finite * z.shape[0]
+            self.non_finite_batches += ~finite
             return
         if not bool(torch.isfinite(abs_max)):
             if self.nan_strategy == "propagate":
@@ -361,9 +305,9 @@ class RankMe(Metric):
             _warn(f"Dropped {dropped} of {z.shape[0]} rows holding NaN or infinity.")
             z = z[finite]
             abs_max = _abs_max(z).to(self.device)
-        quota = self._local_quota()
-        if quota is not None and z.shape[0] > max(quota - int(self.num_rows), 0):
-            z = z[: max(quota - int(self.num_rows), 0)]
+        room = self._room()
+        if room is not None and z.shape[0] > room:
+            z = z[:room]
             abs_max = _abs_max(z).to(self.device)
 
         self._size_states(z.shape[1])
@@ -373,11 +317,9 @@ class RankMe(Metric):
         elif not self.center:
             self._queue(z, abs_max)
         elif z.shape[0]:
-            z64, ratio = self._in_state_units(z, abs_max)
-            self.gram.mul_(ratio * ratio)
-            self.mean.mul_(ratio)
-            # Centre on the first row before averaging, so identical rows give an exactly zero scatter.
-            deviations = z64 - z64[0]
+            self._rescale_to(torch.maximum(self.scale, _power_of_two_scale(abs_max)))
+            z64 = z.to(device=self.device, dtype=torch.float64) * torch.where(self.scale > 0, 1 / self.scale, 0.0)
+            deviations = z64 - z64[0]  # about the first row first: identical rows give an exactly zero scatter
             deviation_mean = deviations.mean(dim=0)
             deviations -= deviation_mean
             scatter = torch.zeros_like(self.gram)
@@ -385,97 +327,51 @@ class RankMe(Metric):
             self._merge_centred(z.shape[0], z64[0] + deviation_mean, scatter)
         self.num_rows += z.shape[0]
 
-    def _update_on_device(self, z: Tensor, abs_max: Tensor) -> None:
-        """The default configuration's update, with nothing read back to the host.
-
-        A batch holding NaN or infinity is queued as zeros and leaves the scale alone; it adds no rows, and the
-        count of such batches stays a device tensor until :meth:`summary`.
-        """
-        finite = torch.isfinite(abs_max)
-        self._size_states(z.shape[1])
-        self._queue(z, abs_max, finite)
-        self.num_rows += finite * z.shape[0]
-        self.non_finite_batches += ~finite
-
     def _queue(self, z: Tensor, abs_max: Tensor, finite: Tensor | None = None) -> None:
-        """Add a batch to the uncentred Gram matrix, through a float64 buffer of ``_BUFFER_ROWS`` rows.
+        """Cast a batch into the row buffer (multiplied in when full) or, from ``_BUFFER_ROWS`` rows, multiply it in.
 
-        Small batches are cast into the buffer (one pass) and multiplied in one product when it is full, or when
-        the state is read (:meth:`_flush`); a batch of at least ``_BUFFER_ROWS`` rows is its own product. With
-        ``finite`` (a 0-dim bool tensor), a non-finite batch is written as zeros. Nothing is read back to the host:
-        sizes are known from shapes, and the running ``max |z|`` stays on the device.
+        With ``finite`` (a 0-dim bool tensor), a non-finite batch is written as zeros. Nothing is read to the host.
         """
-        n = z.shape[0]
+        n, own_product = z.shape[0], z.shape[0] >= _BUFFER_ROWS
         if n == 0:
             return
+        if own_product or self._rows_filled + n > _BUFFER_ROWS:
+            self._flush()
+        if own_product:  # a copy, scaled in place by the product
+            rows = z.to(device=self.device, dtype=torch.float64, copy=True)
+        else:
+            if self._rows is None:
+                self._rows = torch.empty(_BUFFER_ROWS, z.shape[1], dtype=torch.float64, device=self.device)
+                self._rows_abs_max = torch.zeros((), dtype=torch.float64, device=self.device)
+            rows = self._rows[self._rows_filled : self._rows_filled + n].copy_(z)
         if finite is not None:
+            rows.masked_fill_(~finite, 0.0)
             abs_max = torch.where(finite, abs_max, 0.0)
-        if n >= _BUFFER_ROWS:
-            self._flush()
-            rows = z.to(device=self.device, dtype=torch.float64, copy=True)  # scaled in place by the product
-            if finite is not None:
-                rows.masked_fill_(~finite, 0.0)
+        if own_product:
             self._fold(rows, abs_max, timed=False)
-            return
-        if self._rows_filled + n > _BUFFER_ROWS:
-            self._flush()
-        if self._rows is None:
-            self._rows = torch.empty(_BUFFER_ROWS, z.shape[1], dtype=torch.float64, device=self.device)
-            self._rows_abs_max = torch.zeros((), dtype=torch.float64, device=self.device)
-        slot = self._rows[self._rows_filled : self._rows_filled + n]
-        slot.copy_(z)
-        if finite is not None:
-            slot.masked_fill_(~finite, 0.0)
-        self._rows_abs_max = torch.maximum(self._rows_abs_max, abs_max)
-        self._rows_filled += n
+        else:
+            self._rows_abs_max = torch.maximum(self._rows_abs_max, abs_max)
+            self._rows_filled += n
 
     def _flush(self) -> None:
         """Multiply the queued rows into the Gram matrix: before anything reads, syncs, merges or saves the state."""
         if not self._rows_filled or self._rows is None:
             return
-        rows = self._rows[: self._rows_filled]
-        self._fold(rows, self._rows_abs_max, timed=self._rows_filled == _BUFFER_ROWS)
+        self._fold(self._rows[: self._rows_filled], self._rows_abs_max, timed=self._rows_filled == _BUFFER_ROWS)
         self._rows_filled = 0
         self._rows_abs_max = torch.zeros_like(self._rows_abs_max)
 
     def _fold(self, rows: Tensor, abs_max: Tensor, timed: bool) -> None:
-        """``gram += rows^T rows`` in units of a ``scale`` raised to cover ``abs_max`` (see "Any magnitude").
-
-        Both scales are powers of two, so rescaling the state and the rows is exact; both are folded into the
-        blocked product, one block row at a time. ``timed`` products of a full buffer let the tuner choose the block.
-        """
+        """``gram += rows^T rows``, the state and the rows rescaled (exactly) to a ``scale`` that covers ``abs_max``."""
         scale = torch.maximum(self.scale, _power_of_two_scale(abs_max))
         ratio = torch.where(scale > 0, self.scale / scale, 1.0)
-        inverse = torch.where(scale > 0, 1 / scale, 0.0)
-        d = rows.shape[1]
-        block, measure = _TUNER.block(self.device, d) if timed else (_TUNER.default(self.device, d), False)
-        if measure and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        _add_gram_(self.gram, rows, ratio * ratio, inverse, block=block)
-        if measure:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            _TUNER.record(self.device, d, block, time.perf_counter() - start)
+        _TUNER.add_gram_(self.gram, rows, ratio * ratio, torch.where(scale > 0, 1 / scale, 0.0), timed)
         self.scale = scale
-
-    def _in_state_units(self, z: Tensor, abs_max: Tensor) -> tuple[Tensor, Tensor]:
-        """Centred mode: raise ``scale`` to cover a batch; the batch in the new units (float64), and old / new scale.
-
-        The caller multiplies ``mean`` by the ratio and ``gram`` by its square; both scales are powers of two.
-        """
-        scale = torch.maximum(self.scale, _power_of_two_scale(abs_max))
-        ratio = torch.where(scale > 0, self.scale / scale, 1.0)
-        z64 = z.to(device=self.device, dtype=torch.float64) * torch.where(scale > 0, 1 / scale, 0.0)
-        self.scale = scale
-        return z64, ratio
 
     def forward(self, z: Tensor) -> Tensor:
-        """Add ``z`` to the state, as :meth:`update` does, and return RankMe of this batch's finite rows alone.
+        """:meth:`update`, then RankMe of this batch's finite rows alone on this process (NaN if none is left).
 
-        A bad batch raises exactly as in :meth:`update` and leaves the state as it was (torchmetrics' generic
-        ``forward`` resets the state around the batch and would lose it). The batch value is local to this
-        process and NaN when no finite row is left.
+        Unlike torchmetrics' generic ``forward``, the state is never reset around the batch, so a bad one loses nothing.
         """
         self.update(z)
         rows = z.detach()[torch.isfinite(z.detach()).all(dim=1)]
@@ -500,8 +396,7 @@ class RankMe(Metric):
     def _local_summary(self) -> RankMeSummary:
         """The summary of whatever state this process holds now (synchronised or not)."""
         self._flush()
-        num_samples = int(self.num_rows)
-        num_features = self.num_features
+        num_samples, num_features = int(self.num_rows), self.num_features
         non_finite_batches = int(self.non_finite_batches)
         if non_finite_batches:
             nan = torch.tensor(math.nan, dtype=torch.get_default_dtype(), device=self.device)
@@ -515,17 +410,16 @@ class RankMe(Metric):
         if num_samples < num_features and not self._warned_capped:
             self._warned_capped = True
             _warn_capped(num_samples, num_features, self._is_synced, self.process_group)
-        if self.mode == "gram":
-            singular_values, scale = _singular_values_from_gram(self.gram, num_samples), self.scale
+        if self.mode == "gram":  # eigvalsh reads the lower triangle; its eigenvalues ascend
+            eigenvalues = torch.linalg.eigvalsh(self.gram, UPLO="L").flip(0)[: min(num_samples, num_features)]
+            singular_values, scale = eigenvalues.clamp(min=0).sqrt(), self.scale
         else:
             singular_values, scale = _singular_values(dim_zero_cat(self.embeddings), self.center)
         value = _effective_rank(singular_values, self.eps, self._is_synced, self.process_group)
         return RankMeSummary(value.to(torch.get_default_dtype()), singular_values * scale, num_samples, num_features)
 
     def compute(self) -> Tensor:
-        """RankMe of every row accumulated on every rank, as a 0-dim tensor on the metric's device.
-
-        A collective under ``torch.distributed``: call it on every rank.
+        """RankMe of every row accumulated on every rank, as a 0-dim tensor (a collective: call it on every rank).
 
         Raises:
             RankMeNoSamplesError: if no rows were accumulated on any rank.
@@ -541,9 +435,10 @@ class RankMe(Metric):
         return summary.value
 
     def summary(self) -> RankMeSummary:
-        """The value, the spectrum (min(N, D) singular values, descending) and N and D, from one sync.
+        """The value, the spectrum, N and D from one sync (a collective, like :meth:`compute`).
 
-        A collective under ``torch.distributed``, like :meth:`compute`: call it on every rank.
+        Raises:
+            RankMeNoSamplesError: if no rows were accumulated on any rank.
         """
         with self.sync_context(
             dist_sync_fn=self.dist_sync_fn,
@@ -553,11 +448,10 @@ class RankMe(Metric):
             return self._local_summary()
 
     def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: Any = None) -> Any:
-        """Plot RankMe, as every torchmetrics metric does: this value, or a sequence of values over time.
+        """Plot this value, or a sequence of values over time, as every torchmetrics metric does.
 
         Args:
-            val: a value from :meth:`compute` or :meth:`forward`, or a sequence of them (one point each, e.g. per
-                epoch); by default :meth:`compute` now (a collective under ``torch.distributed``).
+            val: a value from :meth:`compute` or :meth:`forward`, or a sequence of them; by default :meth:`compute`.
             ax: a matplotlib ``Axes`` to draw on; a new figure by default.
 
         Returns:
@@ -569,9 +463,7 @@ class RankMe(Metric):
         Example:
             >>> import torch
             >>> from rankme import RankMe
-            >>> metric = RankMe()
-            >>> values = [metric(torch.randn(64, 8)) for _ in range(5)]
-            >>> fig, ax = metric.plot(values)  # doctest: +SKIP
+            >>> fig, ax = RankMe().plot([torch.tensor(3.0), torch.tensor(4.5)])  # doctest: +SKIP
         """
         _pyplot()
         fig, ax = self._plot(val, ax)
@@ -580,10 +472,8 @@ class RankMe(Metric):
     def plot_spectrum(self, summary: RankMeSummary | None = None, ax: Any = None) -> Any:
         """Plot the singular values against their rank k on log-log axes, with RankMe, N and D in the title.
 
-        A flat spectrum is a high RankMe; a steep drop after a few values is a collapse to that many directions.
-
         Args:
-            summary: a :meth:`summary` to draw; by default :meth:`summary` now (a collective, like :meth:`compute`).
+            summary: a :meth:`summary` to draw; by default :meth:`summary` now.
             ax: a matplotlib ``Axes`` to draw on; a new figure by default.
 
         Returns:
@@ -631,7 +521,9 @@ class RankMe(Metric):
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
-        """Add another RankMe's rows to this one's, as if they had been fed here (see "Merging" above).
+        """Add another RankMe's rows to this one's, as if they had been fed here (as a sync does).
+
+        Both need the same ``mode`` and ``center`` (they decide what the state is); this metric's ``eps`` is used.
 
         Raises:
             ValueError: if the other metric's ``mode`` or ``center`` differs, or a dict does not hold exactly this
@@ -685,17 +577,12 @@ class RankMe(Metric):
         means = torch.stack(dist_sync_fn(self.mean, group=group))
         if counts.sum() == 0:
             return
-        # Offsets from the first rank's mean, so ranks that hold identical rows give an exactly zero delta.
-        offsets = means - means[0]
+        offsets = means - means[0]  # from the first rank's mean: ranks with identical rows give a zero delta
         delta = (self.mean - means[0]) - (counts[:, None] * offsets).sum(dim=0) / counts.sum()
         self.gram = self.gram + torch.outer(delta, delta) * float(self.num_rows)
 
     def _apply(self, fn: Callable, exclude_state: Sequence[str] = "") -> Module:
-        """Let ``.to(device)`` move the states, but never change their dtype (float64 sums, int64 count).
-
-        ``.to(dtype)`` and ``set_dtype`` would otherwise cast them, losing the exactness and breaking ``"gram"``
-        updates; Lightning's ``"*-true"`` precisions call ``.to(dtype)`` on every submodule.
-        """
+        """Let ``.to(device)`` move the states but never change their dtype (Lightning's ``"*-true"`` precisions)."""
         if getattr(self, "_rows_filled", 0):  # queued rows join the state before it moves
             self._flush()
         self._rows = None
@@ -708,35 +595,26 @@ class RankMe(Metric):
 
     def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
         """Merge another metric's states (``merge_state``) once both sides have their shapes and one scale."""
+        theirs = incoming_state["gram" if self.mode == "gram" else "embeddings"]
+        d = theirs.shape[0] if self.mode == "gram" else (theirs[0].shape[1] if theirs else 0)
+        if d and self.num_features not in (None, d):
+            raise ValueError(f"Expected states of one feature size, but got D={d} and D={self.num_features}.")
+        if d:
+            self._size_states(d)
         if self.mode == "gram":
-            incoming_features = incoming_state["gram"].shape[0]
-        else:
-            incoming_features = incoming_state["embeddings"][0].shape[1] if incoming_state["embeddings"] else 0
-        if incoming_features and self.num_features not in (None, incoming_features):
-            raise ValueError(
-                f"Expected states of one feature size, but got D={incoming_features} and D={self.num_features}."
-            )
-        if incoming_features and self.num_features is None:
-            self._size_states(incoming_features)
-        if self.mode == "gram":
-            incoming_scale = incoming_state["scale"].to(self.device)
-            scale = torch.maximum(self.scale, incoming_scale)
-            incoming_ratio = torch.where(scale > 0, incoming_scale / scale, 1.0)
+            their_scale = incoming_state["scale"].to(self.device)
+            scale = torch.maximum(self.scale, their_scale)
+            ratio = torch.where(scale > 0, their_scale / scale, 1.0)
             self._rescale_to(scale)
-            incoming_state = {**incoming_state, "scale": scale}
-            if incoming_features:
-                incoming_state["gram"] = incoming_state["gram"].to(self.device) * (incoming_ratio * incoming_ratio)
-                if self.center:
-                    incoming_state["mean"] = incoming_state["mean"].to(self.device) * incoming_ratio
-            else:
-                incoming_state["gram"] = torch.zeros_like(self.gram)
-        if self.mode == "gram" and self.center:
-            self.non_finite_batches += incoming_state["non_finite_batches"].to(self.device)
-            if incoming_features:
-                count = int(incoming_state["num_rows"])
-                self._merge_centred(count, incoming_state["mean"], incoming_state["gram"])
-                self.num_rows += count
-            return
+            gram = theirs.to(self.device) * (ratio * ratio) if d else torch.zeros_like(self.gram)
+            incoming_state = {**incoming_state, "scale": scale, "gram": gram}
+            if self.center:  # Chan's merge by count and mean, not a plain sum
+                self.non_finite_batches += incoming_state["non_finite_batches"].to(self.device)
+                if d:
+                    count = int(incoming_state["num_rows"])
+                    self._merge_centred(count, incoming_state["mean"].to(self.device) * ratio, gram)
+                    self.num_rows += count
+                return
         super()._reduce_states(incoming_state)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:

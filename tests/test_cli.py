@@ -650,11 +650,6 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[str]) -> No
     assert "error:" in err
 
 
-def test_missing_optional_dependencies(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_MISSING_EXTRA", ImportError("No module named 'tqdm'"))
-    assert_one_line_error(run(capsys, "score", "z.npy"), "pip install 'rankme[cli]'")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The installed console script, in a real process
 # ---------------------------------------------------------------------------------------------------------

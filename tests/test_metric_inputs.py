@@ -463,6 +463,37 @@ def test_the_leaf_size_is_chosen_from_timed_products_and_kept() -> None:
     assert timings == before
 
 
+@pytest.mark.parametrize(("d", "batch"), [(328, 500), (344, 4096)], ids=["uneven-batches", "big-batches"])
+def test_the_leaf_size_is_tuned_whatever_the_batch_size(d: int, batch: int) -> None:
+    from rankme.metric import _BUFFER_ROWS, _TUNER
+
+    z = make_embeddings("gaussian", n=_BUFFER_ROWS * 12, d=d, seed=9)
+    metric = fed(RankMe(), list(z.split(batch)))
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+    assert ("cpu", d) in _TUNER.choice  # decided from timings, not left at the constant default
+    assert sum(len(times) for times in _TUNER.timings[("cpu", d)].values()) >= len(_TUNER.candidates(d))
+
+
+def test_loading_a_state_drops_the_rows_queued_before_it() -> None:
+    z = make_embeddings("gaussian", n=40, d=8)
+    saved = fed(RankMe(), [z[:10]])
+    saved.persistent(True)
+    loaded = fed(RankMe(), [z[10:17]])  # 7 rows still queued in the buffer
+    loaded.persistent(True)
+    loaded.load_state_dict(saved.state_dict())
+    fed(loaded, [z[17:]])
+    assert value_of(loaded) == pytest.approx(reference_rankme(torch.cat([z[:10], z[17:]])), rel=1e-6)
+    assert loaded.summary().num_samples == 33
+
+
+def test_normalized_is_nan_when_no_finite_row_was_kept() -> None:
+    metric = RankMe(nan_strategy="propagate")
+    metric.update(torch.full((4, 3), math.nan))
+    summary = metric.summary()
+    assert math.isnan(summary.normalized)
+    assert summary.non_finite_batches == 1
+
+
 @pytest.mark.parametrize("reader", ["metric_state", "state_dict", "merge_state", "to", "summary", "forward"])
 def test_every_reader_of_the_state_sees_the_queued_rows(reader: str) -> None:
     z = make_embeddings("gaussian", n=90, d=8)

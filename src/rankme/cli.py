@@ -26,20 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from rankme import __version__
 from rankme.functional import DEFAULT_EPS, RankMeWarning, _check_eps, _check_int, _effective_rank
 from rankme.metric import RankMe, RankMeSummary
-
-try:
-    import numpy as np
-    from tqdm import tqdm
-except ImportError as _import_error:  # pragma: no cover - numpy and tqdm come with the `cli` extra
-    _MISSING_EXTRA: ImportError | None = _import_error
-else:
-    _MISSING_EXTRA = None
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 DEFAULT_CHUNK_SIZE = 4096
@@ -511,8 +505,6 @@ def _say(line: str) -> None:
 def _run(argv: list[str] | None) -> str | int:
     """Parse ``argv`` and run its command: the text for stdout, or an exit status (the error already said)."""
     try:
-        if _MISSING_EXTRA is not None:
-            raise CliError(f"the command line needs numpy and tqdm ({_MISSING_EXTRA}): pip install 'rankme[cli]'")
         args = build_parser().parse_args(argv)
         try:
             args.max_memory = args.max_memory or _max_memory(os.environ.get(MAX_MEMORY_ENV, str(DEFAULT_MAX_MEMORY)))

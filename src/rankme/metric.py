@@ -106,7 +106,7 @@ class _BlockTuner:
         return self.choice.get((device.type, num_features), _default_block(num_features))
 
     def add_gram_(self, gram: Tensor, rows: Tensor, gram_factor: Tensor, row_factor: Tensor, timed: bool) -> None:
-        """:func:`_add_gram_` at this D's leaf; a ``timed`` (full-buffer) product may try a candidate leaf instead."""
+        """:func:`_add_gram_` at this D's leaf; a ``timed`` product (a full buffer or more) may try a candidate leaf."""
         device, d = gram.device, rows.shape[1]
         key = (device.type, d)
         if timed and key not in self.choice and d < _TRIANGLE_MIN_FEATURES:
@@ -126,7 +126,7 @@ class _BlockTuner:
         start = time.perf_counter()
         _add_gram_(gram, rows, gram_factor, row_factor, block=again[0])
         synchronize(device)
-        timings[again[0]].append(time.perf_counter() - start)
+        timings[again[0]].append((time.perf_counter() - start) / rows.shape[0])  # per row: products differ in size
 
 
 _TUNER = _BlockTuner()
@@ -148,8 +148,9 @@ class RankMeSummary(NamedTuple):
 
     @property
     def normalized(self) -> float:
-        """RankMe divided by its upper bound min(N, D), in (0, 1]."""
-        return float(self.value) / min(self.num_samples, self.num_features)
+        """RankMe divided by its upper bound min(N, D), in (0, 1]; NaN when no finite row was kept."""
+        bound = min(self.num_samples, self.num_features)
+        return float(self.value) / bound if bound else math.nan
 
 
 class RankMe(Metric):
@@ -332,10 +333,15 @@ class RankMe(Metric):
 
         With ``finite`` (a 0-dim bool tensor), a non-finite batch is written as zeros. Nothing is read to the host.
         """
-        n, own_product = z.shape[0], z.shape[0] >= _BUFFER_ROWS
+        n, own_product, room = z.shape[0], z.shape[0] >= _BUFFER_ROWS, _BUFFER_ROWS - self._rows_filled
         if n == 0:
             return
-        if own_product or self._rows_filled + n > _BUFFER_ROWS:
+        if not own_product and n > room:  # fill the buffer to the brim, so every buffered product is full size
+            self._queue(z[:room], abs_max, finite)
+            self._flush()
+            self._queue(z[room:], abs_max, finite)
+            return
+        if own_product:
             self._flush()
         if own_product:  # a copy, scaled in place by the product
             rows = z.to(device=self.device, dtype=torch.float64, copy=True)
@@ -348,7 +354,7 @@ class RankMe(Metric):
             rows.masked_fill_(~finite, 0.0)
             abs_max = torch.where(finite, abs_max, 0.0)
         if own_product:
-            self._fold(rows, abs_max, timed=False)
+            self._fold(rows, abs_max, timed=True)
         else:
             self._rows_abs_max = torch.maximum(self._rows_abs_max, abs_max)
             self._rows_filled += n
@@ -618,9 +624,11 @@ class RankMe(Metric):
         super()._reduce_states(incoming_state)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Read a gram state saved before ``scale`` existed (in the input's own units: scale 1)."""
-        if prefix + "gram" in state_dict and prefix + "scale" not in state_dict and self._persistent.get("scale"):
-            state_dict[prefix + "scale"] = torch.ones((), dtype=torch.float64)
+        """Drop queued rows (the loaded state replaces theirs); a state saved before ``scale`` existed loads at 1."""
+        if prefix + "gram" in state_dict:
+            self._rows_filled = 0
+            if prefix + "scale" not in state_dict and self._persistent.get("scale"):
+                state_dict[prefix + "scale"] = torch.ones((), dtype=torch.float64)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -14,7 +14,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from rankme import RankMeCallback, RankMeWarning
+from rankme import RankMeCallback, RankMeWarning, transforms
 
 
 def make_trainer(tmp_path: Path, callbacks: list[Callback], **kwargs: Any) -> Trainer:
@@ -141,3 +141,32 @@ def test_d_changing_between_batches_raises_and_keeps_the_state(tmp_path: Path) -
 def test_more_bad_settings_raise_at_construction(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(MisconfigurationException, match=f"Expected argument `{match}`"):
         RankMeCallback(module="backbone", **kwargs)
+
+
+def test_all_zero_embeddings_log_rankme_one_and_no_nan_spectrum(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    callback = RankMeCallback(module="backbone", transform=torch.zeros_like)  # complete collapse: every row is 0
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    with pytest.warns(RankMeWarning, match="All embeddings are zero"):
+        make_trainer(tmp_path, [callback], logger=logger).fit(Encoder(), loader(), loader())
+    assert [entry["value"] for entry in callback.history] == [reference_rankme(torch.zeros(96, 24))] == [1.0]
+    assert callback.spectra == [] == callback.state_dict()["spectra"]
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0})
+    events.Reload()
+    assert "rankme" in events.Tags()["scalars"]
+    assert events.Tags()["histograms"] == []
+
+
+@pytest.mark.parametrize("source", ["module", "output_key"])
+def test_a_transform_that_does_not_fit_the_output_is_one_clear_error(tmp_path: Path, source: str) -> None:
+    callback = RankMeCallback(**{source: "backbone" if source == "module" else "z"}, transform=transforms.cls_token)
+    named = "submodule 'backbone'" if source == "module" else r"validation_step's output\['z'\]"
+    expected = r"rankme.transforms.cls_token expects a \(batch, tokens, features\) tensor, but got a tensor of shape"
+    with pytest.raises(
+        MisconfigurationException, match=f"RankMeCallback on .*{named}: {expected}.*Pass a `transform=`"
+    ):
+        make_trainer(tmp_path, [callback]).fit(Encoder(), loader(), loader())

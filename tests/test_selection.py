@@ -210,11 +210,21 @@ def test_step_triggered_and_last_checkpoints_wait_for_start_epoch(tmp_path: Path
     saved = {saved_epoch(p) for p in (tmp_path / "steps").iterdir()}
     assert saved == {2, 3}
     assert len(list((tmp_path / "steps").iterdir())) == 8
-    # save_last would write last.ckpt at the end of fit even without a save: not inside the warm-up
-    last = WarmupModelCheckpoint(start_epoch=5, dirpath=tmp_path / "last", monitor="rankme", mode="max", save_last=True)
-    fit(tmp_path, ScriptedEncoder(RANKS), [last], max_epochs=3)
-    assert not (tmp_path / "last").exists() or not list((tmp_path / "last").iterdir())
-    assert last.best_model_path == ""
+    # save_last would write last.ckpt at the end of fit even without a save: not when the last epoch run (4, while
+    # current_epoch is already 5 there) is in the warm-up, whether max_epochs or the guard (NaN at 4) ended the run
+    for name, ranks, guard in (
+        ("max", RANKS, []),
+        ("guard", (8.0, 2.0, 3.0, 5.0, None), [RankMeCollapseGuard(start_epoch=5)]),
+    ):
+        last = WarmupModelCheckpoint(
+            start_epoch=5, dirpath=tmp_path / name, monitor="rankme", mode="max", save_last=True
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RankMeWarning)  # the NaN epoch's
+            trainer = fit(tmp_path, ScriptedEncoder(ranks), [last, *guard], max_epochs=5 + 5 * len(guard))
+        assert trainer.current_epoch == 5
+        assert not (tmp_path / name).exists() or not list((tmp_path / name).iterdir())
+        assert last.best_model_path == ""
 
 
 def warm_pair(tmp_path: Path, start: int | None = 2) -> tuple[WarmupModelCheckpoint, WarmupEarlyStopping]:
@@ -381,6 +391,28 @@ def test_guard_keeps_its_best_across_resume(tmp_path: Path) -> None:
         )
     assert guard.best_epoch == 1
     assert guard.stopped_epoch == 4
+
+
+@pytest.mark.parametrize("bad", [{"best_value": "6.0"}, {"best_value": math.nan}, {"best_epoch": -1}, "not a dict"])
+def test_guard_starts_afresh_from_a_malformed_saved_state(tmp_path: Path, bad: Any) -> None:
+    ranks = (2.0, 6.0, 5.0, 4.0, 2.5, 4.0)  # from epoch 3 on, nothing falls below half of epoch 3's value
+    values = ScriptedEncoder(ranks).expected(len(ranks))
+    first = RankMeCollapseGuard(start_epoch=1)
+    fit(
+        tmp_path, ScriptedEncoder(ranks), [first, ModelCheckpoint(dirpath=tmp_path / "r", save_last=True)], max_epochs=3
+    )
+    path = tmp_path / "r" / "last.ckpt"
+    saved = torch.load(path, weights_only=False)
+    state = saved["callbacks"][first.state_key]
+    assert state["best_epoch"] == 1
+    saved["callbacks"][first.state_key] = {**state, **bad} if isinstance(bad, dict) else bad
+    torch.save(saved, path)
+    guard = RankMeCollapseGuard(start_epoch=1)
+    with pytest.warns(RankMeWarning, match="RankMeCollapseGuard.monitor='rankme'. could not restore"):
+        trainer = fit(tmp_path, ScriptedEncoder(ranks), [guard], max_epochs=len(ranks), ckpt_path=path)
+    assert trainer.current_epoch == len(ranks)  # resumed and ran to the end
+    assert (guard.best_epoch, guard.stopped_epoch) == (3, None)
+    assert guard.best_value == pytest.approx(values[3], rel=1e-6)
 
 
 def test_guard_reports_a_missing_key_once_and_keeps_training(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ class RankMeCallback(Callback):
         dataloader_idx: which validation dataloader to monitor.
         every_n_epochs: compute every n-th fitting epoch (``Trainer(check_val_every_n_epoch=n)`` skips validation).
         transform: maps a captured output (tuple, tokens, feature map) to a (batch, D) tensor.
-        log_spectrum: keep (in ``state_dict``) and log the normalised singular values at ~128 log-spaced k.
+        log_spectrum: keep (in ``state_dict``) and log s_k / sum(s) at ~128 log-spaced k (none if all rows are 0).
         prog_bar: show the value in the progress bar.
         collapse_threshold: warn (only) when ``name + "_normalized"`` falls below it.
         calls_per_batch: if ``module`` runs twice per batch, keep the ``"first"`` call or ``"all"``; None: all, warned.
@@ -275,16 +275,18 @@ class RankMeCallback(Callback):
         return None
 
     def _update(self, output: Any, source: str) -> None:
-        z = self.transform(output) if self.transform is not None else output  # validation runs without grad
-        if self._rows_left is not None and isinstance(z, Tensor) and z.ndim > 0:
-            if self._batch_rows is None:  # the batch's first output: count its real rows once
-                self._batch_rows = min(z.shape[0], self._rows_left)
-                self._rows_left -= self._batch_rows
-            z = z[: self._batch_rows]
+        z: Any = None
         try:
+            z = self.transform(output) if self.transform is not None else output  # validation runs without grad
+            if self._rows_left is not None and isinstance(z, Tensor) and z.ndim > 0:
+                if self._batch_rows is None:  # the batch's first output: count its real rows once
+                    self._batch_rows = min(z.shape[0], self._rows_left)
+                    self._rows_left -= self._batch_rows
+                z = z[: self._batch_rows]
             self.metric.update(z)  # the one check of the batch
-        except ValueError as err:
-            hint = "" if isinstance(z, Tensor) and z.ndim == 2 else " Pass a `transform=`, e.g. from rankme.transforms."
+        except (TypeError, ValueError) as err:  # the transform's check (z is None) or the metric's
+            fits = isinstance(z, Tensor) and z.ndim == 2
+            hint = "" if fits else " Pass a `transform=` that maps it to (batch, D) rows, e.g. from rankme.transforms."
             raise MisconfigurationException(f"RankMeCallback on {source}: {err}{hint}") from err
 
     @override
@@ -342,6 +344,8 @@ class RankMeCallback(Callback):
         spectrum = summary.singular_values / summary.singular_values.sum()
         k = torch.logspace(0, math.log10(len(spectrum)), 128, dtype=torch.float64).round().long().unique()
         ks, values = k.tolist(), spectrum[(k - 1).to(spectrum.device)].tolist()  # one read per epoch
+        if math.isnan(values[0]):  # all-zero embeddings (0 / 0): no spectrum to keep or log
+            return
         step = trainer.global_step
         self.spectra.append({"epoch": trainer.current_epoch, "global_step": step, "k": ks, "values": values})
         key = f"{self.name}_spectrum"

@@ -6,6 +6,7 @@ RankMe often peaks at initialisation (see the README), so each callback here ign
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from rankme.callback import _check_number, _expect, _warn
+from rankme.callback import _check_number, _expect, _is_number, _warn
 from rankme.functional import _check_bool, _check_int
 
 __all__ = ["RankMeCollapseGuard", "WarmupEarlyStopping", "WarmupModelCheckpoint"]
@@ -73,6 +74,8 @@ class WarmupModelCheckpoint(_IgnoresWarmup, ModelCheckpoint):
         (10, 'rankme')
     """
 
+    _ran_past_warmup = False  # whether the last epoch run counts: current_epoch is one past it at on_train_end
+
     @property
     @override
     def state_key(self) -> str:
@@ -91,8 +94,13 @@ class WarmupModelCheckpoint(_IgnoresWarmup, ModelCheckpoint):
         return self._in_warmup(trainer) or super()._should_skip_saving_checkpoint(trainer)
 
     @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._ran_past_warmup = not self._in_warmup(trainer)
+
+    @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._in_warmup(trainer):  # `save_last` writes last.ckpt here even when nothing was saved
+        if self._ran_past_warmup:  # `save_last` writes last.ckpt here even when nothing was saved
             super().on_train_end(trainer, pl_module)
 
 
@@ -127,7 +135,17 @@ class WarmupEarlyStopping(_IgnoresWarmup, EarlyStopping):
         return self._in_warmup(trainer) or super()._should_skip_check(trainer)
 
 
-_GUARD_STATE = ("best_value", "best_epoch", "stopped_epoch", "stopping_reason")
+def _none_or(ok: Callable[[Any], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or ok(value)
+
+
+_EPOCH = _none_or(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+_GUARD_STATE = {  # the saved fields and their valid values
+    "best_value": _none_or(lambda v: _is_number(v) and math.isfinite(v)),
+    "best_epoch": _EPOCH,
+    "stopped_epoch": _EPOCH,
+    "stopping_reason": _none_or(lambda v: isinstance(v, str)),
+}
 
 
 class RankMeCollapseGuard(_IgnoresWarmup):
@@ -226,5 +244,9 @@ class RankMeCollapseGuard(_IgnoresWarmup):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the best value; a malformed saved state gives a warning and a fresh start, never a failed resume."""
+        ok = isinstance(state_dict, Mapping) and all(valid(state_dict.get(k)) for k, valid in _GUARD_STATE.items())
+        if not ok:
+            _warn(f"RankMeCollapseGuard(monitor={self.monitor!r}) could not restore {state_dict!r}; it starts afresh.")
         for name in _GUARD_STATE:
-            setattr(self, name, state_dict.get(name))
+            setattr(self, name, state_dict.get(name) if ok else None)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -69,3 +70,19 @@ class TwoLoaderEncoder(Encoder):
 
     def val_dataloader(self) -> list[DataLoader]:
         return [loader(64, seed=1), loader(48, seed=2)]
+
+
+def make_trainer(tmp_path: Path, callbacks: list[Callback], **kwargs: Any) -> Trainer:
+    """A quiet CPU Trainer for 3 epochs (override any option by keyword)."""
+    options: dict[str, Any] = {
+        "max_epochs": 3,
+        "default_root_dir": tmp_path,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "accelerator": "cpu",
+        "devices": 1,
+    }
+    options.update(kwargs)
+    return Trainer(callbacks=callbacks, **options)

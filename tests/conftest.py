@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,3 +82,31 @@ def embedding_matrices(draw: st.DrawFn) -> torch.Tensor:
     a = torch.randn(n, rank, generator=g, dtype=torch.float64)
     b = torch.randn(rank, d, generator=g, dtype=torch.float64)
     return a @ b * scales
+
+
+def value_of(metric: Any) -> float:
+    """``metric.compute()`` as a float, ignoring RankMe's warnings (N < D, collapse)."""
+    from rankme import RankMeWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankMeWarning)
+        return metric.compute().item()
+
+
+def state_snapshot(metric: Any) -> dict[str, list[torch.Tensor]]:
+    """Copies of every state tensor of a metric (a list state as its list)."""
+    return {
+        name: [t.clone() for t in value] if isinstance(value, list) else [value.clone()]
+        for name, value in metric.metric_state.items()
+    }
+
+
+def assert_same_state(before: dict[str, list[torch.Tensor]], after: dict[str, list[torch.Tensor]]) -> None:
+    """Two snapshots are identical: same states, dtypes, shapes and values."""
+    assert before.keys() == after.keys()
+    for name in before:
+        assert len(before[name]) == len(after[name]), name
+        for old, new in zip(before[name], after[name], strict=True):
+            assert old.dtype == new.dtype, name
+            assert old.shape == new.shape, name
+            assert torch.equal(old, new), name

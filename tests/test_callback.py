@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from callback_models import BACKBONE_FEATURES, Encoder, TwoLoaderEncoder, loader
+from callback_models import BACKBONE_FEATURES, Encoder, TwoLoaderEncoder, loader, make_trainer
 from conftest import reference_rankme
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -19,21 +19,6 @@ from torch import nn
 from rankme import RankMeCallback, RankMeWarning
 
 REL = 1e-6
-
-
-def make_trainer(tmp_path: Path, callbacks: list[Callback], **kwargs: Any) -> Trainer:
-    options: dict[str, Any] = {
-        "max_epochs": 3,
-        "default_root_dir": tmp_path,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "accelerator": "cpu",
-        "devices": 1,
-    }
-    options.update(kwargs)
-    return Trainer(callbacks=callbacks, **options)
 
 
 class RecordEpochs(Callback):

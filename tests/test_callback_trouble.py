@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import callback_models
 import pytest
 import torch
 from callback_models import Encoder, TwoLoaderEncoder, loader
@@ -18,18 +19,7 @@ from rankme import RankMeCallback, RankMeWarning, transforms
 
 
 def make_trainer(tmp_path: Path, callbacks: list[Callback], **kwargs: Any) -> Trainer:
-    options: dict[str, Any] = {
-        "max_epochs": 1,
-        "default_root_dir": tmp_path,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "accelerator": "cpu",
-        "devices": 1,
-    }
-    options.update(kwargs)
-    return Trainer(callbacks=callbacks, **options)
+    return callback_models.make_trainer(tmp_path, callbacks, **{"max_epochs": 1, **kwargs})
 
 
 @pytest.mark.parametrize(

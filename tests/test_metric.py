@@ -10,11 +10,14 @@ import pytest
 import torch
 from conftest import (
     SPECTRA,
+    assert_same_state,
     embedding_matrices,
     make_embeddings,
     random_batches,
     reference_rankme,
     reference_singular_values,
+    state_snapshot,
+    value_of,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -33,30 +36,6 @@ def accumulate(metric: RankMe, z: torch.Tensor, seed: int = 0) -> RankMe:
         for batch in random_batches(z, seed):
             metric.update(batch)
     return metric
-
-
-def value_of(metric: RankMe) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RankMeWarning)
-        return metric.compute().item()
-
-
-def state_snapshot(metric: RankMe) -> dict[str, list[torch.Tensor]]:
-    """Copies of every state tensor (a list state as its list)."""
-    return {
-        name: [t.clone() for t in value] if isinstance(value, list) else [value.clone()]
-        for name, value in metric.metric_state.items()
-    }
-
-
-def assert_same_state(before: dict[str, list[torch.Tensor]], after: dict[str, list[torch.Tensor]]) -> None:
-    assert before.keys() == after.keys()
-    for name in before:
-        assert len(before[name]) == len(after[name]), name
-        for old, new in zip(before[name], after[name], strict=True):
-            assert old.dtype == new.dtype, name
-            assert old.shape == new.shape, name
-            assert torch.equal(old, new), name
 
 
 # ---------------------------------------------------------------------------------------------------------

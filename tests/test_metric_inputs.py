@@ -11,7 +11,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import make_embeddings, random_batches, reference_rankme, reference_singular_values
+from conftest import (
+    assert_same_state,
+    make_embeddings,
+    random_batches,
+    reference_rankme,
+    reference_singular_values,
+    state_snapshot,
+    value_of,
+)
 
 from rankme import RankMe, RankMeWarning, rankme
 from rankme.functional import MAX_EPS
@@ -44,29 +52,6 @@ def fed(metric: RankMe, batches: list[torch.Tensor]) -> RankMe:
         for batch in batches:
             metric.update(batch)
     return metric
-
-
-def value_of(metric: RankMe) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RankMeWarning)
-        return metric.compute().item()
-
-
-def snapshot(metric: RankMe) -> dict[str, list[torch.Tensor]]:
-    return {
-        name: [t.clone() for t in value] if isinstance(value, list) else [value.clone()]
-        for name, value in metric.metric_state.items()
-    }
-
-
-def assert_same(before: dict[str, list[torch.Tensor]], after: dict[str, list[torch.Tensor]]) -> None:
-    assert before.keys() == after.keys()
-    for name in before:
-        assert len(before[name]) == len(after[name]), name
-        for old, new in zip(before[name], after[name], strict=True):
-            assert old.dtype == new.dtype, name
-            assert old.shape == new.shape, name
-            assert torch.equal(old, new), name
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,11 +198,11 @@ def test_update_rejects_a_bad_tensor_and_keeps_the_state(config: str, bad: str) 
     value, message = BAD_INPUTS[bad]
     z = make_embeddings("gaussian", n=60, d=8)
     metric = fed(RankMe(**CONFIGS[config]), [z[:30]])
-    before = snapshot(metric)
+    before = state_snapshot(metric)
     with pytest.raises(ValueError, match=message) as caught:
         metric.update(value)
     assert "\n" not in str(caught.value)
-    assert_same(before, snapshot(metric))
+    assert_same_state(before, state_snapshot(metric))
     fed(metric, [z[30:]])
     assert value_of(metric) == pytest.approx(reference_rankme(z, center=CONFIGS[config].get("center", False)), rel=1e-6)
 
@@ -225,10 +210,10 @@ def test_update_rejects_a_bad_tensor_and_keeps_the_state(config: str, bad: str) 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_bad_first_batch_leaves_a_fresh_metric_fresh(mode: str) -> None:
     metric = RankMe(mode=mode)
-    before = snapshot(metric)
+    before = state_snapshot(metric)
     with pytest.raises(ValueError, match="meta device"):
         metric.update(torch.empty(6, 8, device="meta"))
-    assert_same(before, snapshot(metric))
+    assert_same_state(before, state_snapshot(metric))
     z = make_embeddings("gaussian", n=30, d=5)
     assert value_of(fed(metric, [z])) == pytest.approx(reference_rankme(z), rel=1e-6)
 
@@ -291,9 +276,9 @@ def test_views_and_odd_storage_give_the_value_of_their_rows(config: str, view: s
 def test_empty_batches_change_nothing(config: str) -> None:
     z = make_embeddings("gaussian", n=40, d=8)
     metric = fed(RankMe(**CONFIGS[config]), [z[:20]])
-    before = snapshot(metric)
+    before = state_snapshot(metric)
     fed(metric, [z[:0]])
-    assert_same(before, snapshot(metric))
+    assert_same_state(before, state_snapshot(metric))
     fed(metric, [z[20:], z[:0]])
     assert value_of(metric) == pytest.approx(reference_rankme(z, center=CONFIGS[config].get("center", False)), rel=1e-6)
 
@@ -349,14 +334,14 @@ def test_merge_state_refuses_a_metric_of_other_settings_and_keeps_the_state(
     z = make_embeddings("gaussian", n=60, d=8)
     metric = fed(RankMe(**mine), [z[:30]])
     other = fed(RankMe(**theirs), [z[30:]])
-    before = snapshot(metric)
+    before = state_snapshot(metric)
     defaults = {"mode": "gram", "center": False}
     with pytest.raises(ValueError, match=f"same `{setting}`") as caught:
         metric.merge_state(other)
     assert "\n" not in str(caught.value)
     for side in (mine, theirs):
         assert f"{setting}={side.get(setting, defaults[setting])!r}" in str(caught.value)
-    assert_same(before, snapshot(metric))
+    assert_same_state(before, state_snapshot(metric))
     assert value_of(metric) == pytest.approx(reference_rankme(z[:30], center=mine.get("center", False)), rel=1e-6)
 
 
@@ -365,10 +350,10 @@ def test_merge_state_refuses_a_dict_of_another_metrics_states(mine: dict[str, An
     z = make_embeddings("gaussian", n=60, d=8)
     metric = fed(RankMe(**mine), [z[:30]])
     other = fed(RankMe(**theirs), [z[30:]])
-    before = snapshot(metric)
+    before = state_snapshot(metric)
     with pytest.raises(ValueError, match=r"Expected the states of a RankMe\(mode=.*same `mode` and `center`"):
         metric.merge_state(dict(other.metric_state))
-    assert_same(before, snapshot(metric))
+    assert_same_state(before, state_snapshot(metric))
 
 
 @pytest.mark.parametrize("center", [False, True], ids=["uncentred", "centred"])

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -110,3 +114,42 @@ def assert_same_state(before: dict[str, list[torch.Tensor]], after: dict[str, li
             assert old.dtype == new.dtype, name
             assert old.shape == new.shape, name
             assert torch.equal(old, new), name
+
+
+HOST_READS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy")
+
+
+@contextmanager
+def host_reads_from_rankme() -> Iterator[list[str]]:
+    """Record ``file:line name`` of every read back to the host (``bool(t)``, ``t.item()``, ...) that the package's
+    own code (rankme/*.py) makes inside the block; the Tensor methods are wrapped only for its duration.
+
+    On a GPU each such read waits for all queued work, so a per-batch read would stall a validation pipeline.
+    """
+    import rankme
+
+    package = str(Path(rankme.__file__).resolve().parent)
+    calls: list[str] = []
+    saved = {name: vars(torch.Tensor).get(name) for name in HOST_READS}
+
+    def counting(name: str) -> Callable[..., Any]:
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            caller = sys._getframe(1)
+            if str(Path(caller.f_code.co_filename).resolve()).startswith(package):
+                calls.append(f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno} {name}")
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    try:
+        for name in HOST_READS:
+            setattr(torch.Tensor, name, counting(name))
+        yield calls
+    finally:
+        for name, method in saved.items():
+            if method is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, method)

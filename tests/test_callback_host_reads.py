@@ -7,52 +7,17 @@ during a real ``trainer.validate`` must therefore not grow with the number of ba
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from callback_models import Encoder, loader
-from conftest import reference_rankme
+from conftest import host_reads_from_rankme, reference_rankme
 from lightning.pytorch import Trainer
 
 import rankme
 from rankme import RankMeCallback
-
-PACKAGE = str(Path(rankme.__file__).resolve().parent)
-READS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__")
-
-
-@contextmanager
-def count_package_host_reads() -> Iterator[list[str]]:
-    """Wrap the Tensor methods that read a value back to the host; record each call made from ``src/rankme``."""
-    calls: list[str] = []
-    saved = {name: vars(torch.Tensor).get(name) for name in READS}
-
-    def wrap(name: str) -> Any:
-        original = getattr(torch.Tensor, name)
-
-        def counted(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            caller = sys._getframe(1).f_code
-            if str(Path(caller.co_filename).resolve()).startswith(PACKAGE):
-                calls.append(f"{name} in {caller.co_name}")
-            return original(self, *args, **kwargs)
-
-        return counted
-
-    try:
-        for name in READS:
-            setattr(torch.Tensor, name, wrap(name))
-        yield calls
-    finally:
-        for name, method in saved.items():
-            if method is None:
-                delattr(torch.Tensor, name)
-            else:
-                setattr(torch.Tensor, name, method)
 
 
 def validate_counting_reads(tmp_path: Path, batches: int, **options: Any) -> tuple[list[str], float, float]:
@@ -66,14 +31,14 @@ def validate_counting_reads(tmp_path: Path, batches: int, **options: Any) -> tup
         devices=1,
         callbacks=[RankMeCallback(module="backbone", **options)],
     )
-    with count_package_host_reads() as calls:
+    with host_reads_from_rankme() as calls:
         results = trainer.validate(model, loader(8 * batches, batch_size=8), verbose=False)
     return calls, results[0]["rankme"], reference_rankme(torch.cat(model.recorded[0]["backbone"]))
 
 
 def test_counter_sees_a_read_from_the_package() -> None:
     metric = rankme.RankMe(max_samples=10)  # a configuration that reads the row count back per batch
-    with count_package_host_reads() as calls:
+    with host_reads_from_rankme() as calls:
         metric.update(torch.randn(4, 3))
     assert calls  # so an empty count below means no read, not a blind counter
 

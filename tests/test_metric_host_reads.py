@@ -1,53 +1,24 @@
 """What the metric reads back from its device, and the warnings it emits.
 
 A read back to the host (``bool(t)``, ``t.item()``, ``int(t)``, ...) makes a GPU pipeline wait for all work
-queued before it. The counter below wraps those tensor methods for the duration of a ``with`` block and counts
-the calls made directly from the package's own source files (rankme/*.py); nothing is replaced outside it.
+queued before it; conftest's ``host_reads_from_rankme`` counts the reads made from the package's own code.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import make_embeddings, reference_rankme
+from conftest import host_reads_from_rankme, make_embeddings, reference_rankme
 
 import rankme
 from rankme import RankMe, RankMeWarning
 
 PACKAGE_DIR = str(Path(rankme.__file__).parent)
-READS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy")
-
-
-@contextmanager
-def host_reads_from_rankme() -> Iterator[list[str]]:
-    """Record ``file:line`` of every host read made by the package's own code inside the block."""
-    calls: list[str] = []
-    originals = {name: getattr(torch.Tensor, name) for name in READS}
-
-    def counting(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            caller = sys._getframe(1)
-            if caller.f_code.co_filename.startswith(PACKAGE_DIR):
-                calls.append(f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno} {name}")
-            return original(self, *args, **kwargs)
-
-        return wrapper
-
-    try:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, counting(name, original))
-        yield calls
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
 
 
 def reads_for(batches: int, **kwargs: Any) -> tuple[list[str], float]:

@@ -32,6 +32,7 @@ import torch
 from digits import DigitsDataModule, linear_probe, spearman
 from lightning.pytorch import seed_everything
 from pipeline import (
+    batches_per_epoch,
     finite_or_none,
     fit_ssl,
     log_results_to_wandb,
@@ -39,10 +40,11 @@ from pipeline import (
     plot_rankme_vs_probe,
     probe_checkpoints,
     quiet_lightning_logs,
-    rankme_of,
     resolve_wandb_mode,
 )
 from vicreg import VICReg
+
+from rankme import rankme
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -63,7 +65,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--patience", type=int, default=10, help="EarlyStopping patience on rankme (default: 10)")
     parser.add_argument(
-        "--limit-train-batches", type=float, default=1.0, help="fraction (<= 1) or number (> 1) of batches per epoch"
+        "--limit-train-batches",
+        type=batches_per_epoch,
+        default=1.0,
+        help="fraction (<= 1) or number (> 1) of batches per epoch",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="default: 64")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default: 2e-3)")
@@ -75,8 +80,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--wandb-online", action="store_true", help="log an online W&B run (needs `wandb login`; default: offline)"
     )
     args = parser.parse_args(argv)
-    if args.limit_train_batches > 1:
-        args.limit_train_batches = int(args.limit_train_batches)
     if args.max_epochs < 1:
         parser.error("--max-epochs must be >= 1")
     if not 0 <= args.warmup_epochs < args.max_epochs:
@@ -135,8 +138,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     splits = datamodule.probe_splits()
     val_images = datamodule.val_images()
     initial = {
-        "rankme": rankme_of(model.features(val_images)),
-        "rankme_projector": rankme_of(model.projections(val_images)),
+        "rankme": float(rankme(model.features(val_images))),
+        "rankme_projector": float(rankme(model.projections(val_images))),
         "probe_accuracy": linear_probe(model, splits),
     }
 

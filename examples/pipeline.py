@@ -24,13 +24,13 @@ from digits import DigitsDataModule, DigitsSSL, ProbeSplits, linear_probe
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
-from torch import Tensor
 from typing_extensions import override
 
-from rankme import RankMe, RankMeCallback, WarmupEarlyStopping, WarmupModelCheckpoint
+from rankme import RankMeCallback, WarmupEarlyStopping, WarmupModelCheckpoint
 
 __all__ = [
     "RunResult",
+    "batches_per_epoch",
     "epoch_of",
     "finite_or_none",
     "fit_ssl",
@@ -39,7 +39,6 @@ __all__ = [
     "plot_rankme_vs_probe",
     "probe_checkpoints",
     "quiet_lightning_logs",
-    "rankme_of",
     "resolve_wandb_mode",
     "selection_callbacks",
 ]
@@ -240,11 +239,10 @@ def probe_checkpoints(model: DigitsSSL, splits: ProbeSplits, checkpoints: dict[i
     return {epoch: linear_probe(model, splits, path) for epoch, path in sorted(checkpoints.items())}
 
 
-def rankme_of(features: Tensor) -> float:
-    """RankMe of one (N, D) matrix, by the library's metric."""
-    metric = RankMe()
-    metric.update(features)
-    return float(metric.compute())
+def batches_per_epoch(text: str) -> float | int:
+    """``--limit-train-batches``: a fraction (<= 1) of the batches, or a number of them (> 1), as Lightning takes it."""
+    value = float(text)
+    return int(value) if value > 1 else value
 
 
 def finite_or_none(value: float) -> float | None:

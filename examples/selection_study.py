@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from digits import DigitsDataModule, DigitsSSL, spearman
 from lightning.pytorch import seed_everything
-from pipeline import finite_or_none, fit_ssl, probe_checkpoints, quiet_lightning_logs
+from pipeline import batches_per_epoch, finite_or_none, fit_ssl, probe_checkpoints, quiet_lightning_logs
 from simclr import SimCLR
 from vicreg import VICReg
 
@@ -53,10 +53,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--warmups", nargs="+", type=int, default=[0, 1, 2, 5, 10], help="other warm-up lengths to evaluate"
     )
-    parser.add_argument("--limit-train-batches", type=float, default=1.0)
+    parser.add_argument("--limit-train-batches", type=batches_per_epoch, default=1.0)
     args = parser.parse_args(argv)
-    if args.limit_train_batches > 1:
-        args.limit_train_batches = int(args.limit_train_batches)
     if not 0 <= args.start_epoch < args.max_epochs:
         parser.error("--start-epoch must be >= 0 and below --max-epochs")
     return args

@@ -28,7 +28,14 @@ from typing import Any
 import torch
 from digits import DigitsDataModule, linear_probe, spearman
 from lightning.pytorch import seed_everything
-from pipeline import finite_or_none, fit_ssl, make_wandb_logger, quiet_lightning_logs, resolve_wandb_mode
+from pipeline import (
+    batches_per_epoch,
+    finite_or_none,
+    fit_ssl,
+    make_wandb_logger,
+    quiet_lightning_logs,
+    resolve_wandb_mode,
+)
 from vicreg import VICReg
 
 # (name, VICReg loss weights): from the paper's default to the regimes that collapse dimensions or everything.
@@ -47,15 +54,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output folder (default: runs/sweep)")
     parser.add_argument("--max-epochs", type=int, default=30, help="epochs per configuration (default: 30)")
     parser.add_argument("--warmup-epochs", type=int, default=5, help="warm-up epochs, not candidates (default: 5)")
-    parser.add_argument("--limit-train-batches", type=float, default=1.0)
+    parser.add_argument("--limit-train-batches", type=batches_per_epoch, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--configs", nargs="*", choices=list(CONFIGS), default=list(CONFIGS), help="a subset of the configurations"
     )
     parser.add_argument("--wandb-online", action="store_true", help="online W&B runs (needs `wandb login`)")
     args = parser.parse_args(argv)
-    if args.limit_train_batches > 1:
-        args.limit_train_batches = int(args.limit_train_batches)
     if not 0 <= args.warmup_epochs < args.max_epochs:
         parser.error("--warmup-epochs must be >= 0 and below --max-epochs")
     return args

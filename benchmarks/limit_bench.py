@@ -102,7 +102,7 @@ def matmul_rates(ds: Sequence[int], batch: int, square: Sequence[int], repeats: 
 class UpdateRate:
     d: int
     rows: int
-    metric_s: float  # RankMe.update of float32 batches, with the final flush (cast, scale, check, product)
+    metric_s: float  # RankMe.update of float32 batches, with the final flush (check, cast, product)
     kernel_s: float  # the shipped product alone (_add_gram_ at the chosen leaf) on float64 buffers
     full_s: float  # the full addmm_ of the same buffers
     full_flop: float  # 2 * rows * D^2
@@ -119,6 +119,11 @@ class UpdateRate:
     def metric_executed_gflops(self) -> float:
         """The FLOP the shipped update actually performs, per second of RankMe.update: the hardware's efficiency."""
         return self.shipped_flop / self.metric_s / 1e9
+
+    @property
+    def metric_triangle_gflops(self) -> float:
+        """The lower triangle's own FLOP (rows * D * (D + 1), whatever the leaf) per second of RankMe.update."""
+        return self.rows * self.d * (self.d + 1) / self.metric_s / 1e9
 
     @property
     def kernel_executed_gflops(self) -> float:
@@ -188,7 +193,7 @@ class Overhead:
     d: int
     update_s: float  # RankMe.update of one finite float32 batch, its share of the buffer's product included
     product_s: float  # that batch's share of the shipped product of a full buffer
-    abs_max_s: float  # max |z| by aminmax: the batch's scale and finiteness test, one reduction
+    abs_max_s: float  # max |z| by aminmax: the batch's finiteness test (and float64 input's scale), one reduction
     cast_s: float  # the float32 batch cast into the float64 buffer (copy_)
     mask_s: float  # zeroing a non-finite batch's rows on the device (masked_fill_ by a 0-dim mask, every batch)
 

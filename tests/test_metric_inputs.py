@@ -20,6 +20,8 @@ from conftest import (
     state_snapshot,
     value_of,
 )
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from rankme import RankMe, RankMeWarning, rankme
 from rankme.functional import MAX_EPS
@@ -516,3 +518,89 @@ def test_reset_drops_the_queued_rows_and_the_buffer_stays_fixed_in_size() -> Non
     metric.reset()
     other = make_embeddings("low_rank", n=40, d=6)
     assert value_of(fed(metric, [other])) == pytest.approx(reference_rankme(other), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Float32 and narrower batches: multiplied as they are while the state is in units of 1
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _LargeOps(TorchDispatchMode):
+    """Records the name of every aten op that reads or writes a tensor of at least ``numel`` elements."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.names = numel, list[str]()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+        if any(t.numel() >= self.numel for t in tensors):
+            self.names.append(func.overloadpacket.__name__)
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_a_float32_batch_is_read_twice_and_written_once_before_the_product(dtype: torch.dtype) -> None:
+    # The default on-device path: one max |z| reduction, one cast into the buffer, the mask (a no-op on finite
+    # rows, but a pass), then the GEMMs. Float64 input may square past float64's range, so it alone is rescaled.
+    from rankme.metric import _BUFFER_ROWS
+
+    z = make_embeddings("gaussian", n=_BUFFER_ROWS, d=300).to(dtype)
+    metric = RankMe(nan_strategy="propagate")
+    batches = list(z.split(512))
+    with _LargeOps(numel=512 * 300) as ops:
+        for batch in batches:
+            metric.update(batch)
+    views = ("detach", "empty", "slice", "alias", "permute", "t", "transpose")
+    passes = [name for name in ops.names if name not in (*views, "addmm_")]
+    rescaling = ["mul_"] if dtype == torch.float64 else []
+    assert passes == ["aminmax", "copy_", "masked_fill_"] * 4 + rescaling
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+
+
+@pytest.mark.parametrize("exponent", [-149, -126, -60, 60, 124])
+@pytest.mark.parametrize("config", ["gram-propagate", "gram-error", "gram-ignore", "gram-max-samples"])
+def test_float32_batches_at_the_edges_of_their_range_are_exact_unscaled(config: str, exponent: int) -> None:
+    # 2^124 * |z| (near float32's largest) squares to about 2^254 and 2^-149 (its smallest subnormal) to 2^-298: both
+    # inside float64's normal range, so the product needs no scale; the state stays in units of 1.
+    z = (make_embeddings("low_rank", n=300, d=12) * 2.0**exponent).float()
+    metric = fed(RankMe(**CONFIGS[config]), random_batches(z, seed=3))
+    rows = z.double() * 2.0**-exponent
+    assert value_of(metric) == pytest.approx(reference_rankme(rows), rel=1e-6)
+    assert metric.scale.item() == (1.0 if z.abs().max() > 0 else 0.0)
+
+
+@pytest.mark.parametrize("order", ["float64-first", "float64-between", "float64-last"])
+@pytest.mark.parametrize("exponent", [-700, 600])
+def test_float32_and_float64_batches_of_any_magnitude_mix_exactly(exponent: int, order: str) -> None:
+    # Float32 rows go in unscaled until a float64 batch (whose squares leave float64's range) sets a scale;
+    # from then on every batch, float32 included, is rescaled to it, in the buffer or in its own product.
+    z = make_embeddings("relu", n=3000, d=40, seed=4)
+    wide = times_two_to(z[:500], exponent)
+    narrow = [z[500:1100].float(), z[1100:3000].float()]  # the second fills the buffer and spills over
+    batches = {
+        "float64-first": [wide, *narrow],
+        "float64-between": [narrow[0], wide, narrow[1]],
+        "float64-last": [*narrow, wide],
+    }[order]
+    metric = fed(RankMe(nan_strategy="propagate"), batches)
+    rows = torch.cat([z[:500], times_two_to(z[500:].float().double(), -exponent)])
+    assert value_of(metric) == pytest.approx(reference_rankme(rows), rel=1e-6)
+
+
+@pytest.mark.parametrize("source", ["merge_state", "load_state_dict"])
+def test_float32_batches_after_a_scaled_state_arrives_are_rescaled_to_it(source: str) -> None:
+    z = make_embeddings("gaussian", n=400, d=16, seed=5)
+    scaled = fed(RankMe(), [times_two_to(z[:200], 600)])
+    metric = fed(RankMe(), [z[200:300].float()])
+    if source == "merge_state":
+        metric.merge_state(scaled)
+    else:
+        scaled.persistent(True)
+        metric.persistent(True)
+        metric.load_state_dict(scaled.state_dict())
+    fed(metric, [z[300:].float()])
+    kept = z[200:] if source == "merge_state" else z[300:]
+    rows = torch.cat([z[:200], times_two_to(kept.float().double(), -600)])
+    assert value_of(metric) == pytest.approx(reference_rankme(rows), rel=1e-6)

@@ -45,48 +45,31 @@ def _default_block(num_features: int) -> int | None:
     return None if num_features < _TRIANGLE_MIN_FEATURES else max(64, num_features // 8)
 
 
-def _add_gram_(
-    gram: Tensor,
-    rows: Tensor,
-    gram_factor: Tensor | None = None,
-    row_factor: Tensor | None = None,
-    block: int | None = 0,
-) -> None:
-    """``gram = gram_factor * gram + (row_factor * rows)^T (row_factor * rows)``, on and below the diagonal, in place.
+def _add_gram_(gram: Tensor, rows: Tensor, block: int | None = 0) -> None:
+    """``gram += rows^T rows`` on and below the diagonal, in place; the strictly upper part is left stale.
 
     The lower triangle of ``X^T X`` for ``X = [X1 X2]`` is one GEMM ``X2^T X1`` plus the lower triangles of
     ``X1^T X1`` and ``X2^T X2``, split the same way down to full products of at most ``block`` features (``0``:
-    :func:`_default_block`; ``None``: one full product). ``rows`` is scaled in place; each block of ``gram`` is
-    scaled just before its GEMM, while in cache. The strictly-upper part of ``gram`` is left stale: every reader
-    (``eigvalsh``, sums, rank-one corrections) uses the lower triangle alone.
+    :func:`_default_block`; ``None``: one full product). Every reader (``eigvalsh``, sums) uses the lower triangle.
     """
-    d = rows.shape[1]
-    block = _default_block(d) if block == 0 else block
-    if row_factor is not None:
-        rows.mul_(row_factor)
-
-    def add(target: Tensor, left: Tensor, right: Tensor) -> None:
-        if gram_factor is not None:
-            target.mul_(gram_factor)
-        target.addmm_(left.T, right)
+    block = _default_block(rows.shape[1]) if block == 0 else block
 
     def lower(lo: int, hi: int) -> None:
         if block is None or hi - lo <= block:
-            add(gram[lo:hi, lo:hi], rows[:, lo:hi], rows[:, lo:hi])
+            gram[lo:hi, lo:hi].addmm_(rows[:, lo:hi].T, rows[:, lo:hi])
             return
         mid = (lo + hi) // 2
-        add(gram[mid:hi, lo:mid], rows[:, mid:hi], rows[:, lo:mid])
+        gram[mid:hi, lo:mid].addmm_(rows[:, mid:hi].T, rows[:, lo:mid])
         lower(lo, mid)
         lower(mid, hi)
 
-    lower(0, d)
+    lower(0, rows.shape[1])
 
 
 class _BlockTuner:
-    """Chooses the leaf size of :func:`_add_gram_` per device type and D by timing the metric's own products.
+    """Chooses the leaf of :func:`_add_gram_` per device type and D by timing the metric's own products.
 
-    The first full-buffer products at a D try each candidate once, then the two fastest once more; the fastest is
-    kept for the process. On an accelerator each timed product synchronises the device.
+    The first full-buffer products try each candidate once, then the two fastest again; the fastest is kept.
     """
 
     def __init__(self) -> None:
@@ -98,34 +81,28 @@ class _BlockTuner:
         """The full product, and leaves of D/32 to D/2 features (at least 64) from D=256 on."""
         if num_features < _TRIANGLE_MIN_FEATURES:
             return [None]
-        leaves = {num_features // parts for parts in (32, 16, 8, 4, 2)}
-        return [None, *sorted(leaf for leaf in leaves if leaf >= 64)]
+        return [None, *sorted({leaf for parts in (32, 16, 8, 4, 2) if (leaf := num_features // parts) >= 64})]
 
     def default(self, device: torch.device, num_features: int) -> int | None:
         """The leaf size for an untimed product: the choice once made, else :func:`_default_block`."""
         return self.choice.get((device.type, num_features), _default_block(num_features))
 
-    def add_gram_(self, gram: Tensor, rows: Tensor, gram_factor: Tensor, row_factor: Tensor, timed: bool) -> None:
-        """:func:`_add_gram_` at this D's leaf; a ``timed`` product (a full buffer or more) may try a candidate leaf."""
-        device, d = gram.device, rows.shape[1]
-        key = (device.type, d)
-        if timed and key not in self.choice and d < _TRIANGLE_MIN_FEATURES:
-            self.choice[key] = None  # one candidate: nothing to time
-        if not timed or key in self.choice:
-            _add_gram_(gram, rows, gram_factor, row_factor, block=self.default(device, d))
-            return
-        timings = self.timings.setdefault(key, {leaf: [] for leaf in self.candidates(d)})
+    def add_gram_(self, gram: Tensor, rows: Tensor, timed: bool) -> None:
+        """:func:`_add_gram_` at this D's leaf; a ``timed`` product (a full buffer or more) may try a candidate."""
+        key = (gram.device.type, rows.shape[1])
+        timings = self.timings.setdefault(key, {leaf: [] for leaf in self.candidates(rows.shape[1])})
         finalists = sorted(timings, key=lambda leaf: min(timings[leaf], default=0.0))[:2]  # untried ones first
-        again = [leaf for leaf in finalists if len(timings[leaf]) < 2]
-        if not again:
+        again = [leaf for leaf in finalists if len(timings[leaf]) < 2 and len(timings) > 1]
+        if timed and key not in self.choice and not again:
             self.choice[key] = finalists[0]
-            _add_gram_(gram, rows, gram_factor, row_factor, block=finalists[0])
+        if not timed or key in self.choice:
+            _add_gram_(gram, rows, block=self.default(gram.device, rows.shape[1]))
             return
-        synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda device: None
-        synchronize(device)
+        synchronize = torch.cuda.synchronize if gram.device.type == "cuda" else lambda device: None
+        synchronize(gram.device)
         start = time.perf_counter()
-        _add_gram_(gram, rows, gram_factor, row_factor, block=again[0])
-        synchronize(device)
+        _add_gram_(gram, rows, block=again[0])
+        synchronize(gram.device)
         timings[again[0]].append((time.perf_counter() - start) / rows.shape[0])  # per row: products differ in size
 
 
@@ -157,12 +134,11 @@ class RankMe(Metric):
     r"""RankMe (Garrido et al., ICML 2023), accumulated over batches and distributed ranks.
 
     The paper's value on the stacked (N, D) matrix of every row passed to :meth:`update` on every rank, in float64
-    whatever the input dtype, for any magnitude float64 holds. The README ("Choosing a mode", "Cost") has the
-    trade-offs and timings. ``"gram"`` keeps the lower triangle of ``Z^T Z`` (D x D whatever N is; the scatter about
-    the mean with ``center=True``) and takes one ``eigvalsh``, within about 1e-8 of an SVD (1e-4 on exactly
-    rank-deficient data at D=2048); ``"embeddings"`` keeps every row and takes an exact SVD, for D far above N.
-    :meth:`update` reads nothing back to the host in uncentred gram mode with ``nan_strategy="propagate"`` and
-    no ``max_samples``; the other options read a flag or row counts per batch.
+    for any magnitude float64 holds. ``"gram"`` keeps the lower triangle of ``Z^T Z`` (D x D whatever N is; the
+    scatter about the mean with ``center=True``) and takes one ``eigvalsh``, within about 1e-8 of an SVD;
+    ``"embeddings"`` keeps every row for an exact SVD, for D far above N (README: "Choosing a mode", "Cost").
+    :meth:`update` reads nothing back to the host in uncentred gram mode with ``nan_strategy="propagate"`` and no
+    ``max_samples``; the other options read a flag or row counts per batch.
 
     Args:
         mode: ``"gram"`` or ``"embeddings"``, see above.
@@ -224,8 +200,8 @@ class RankMe(Metric):
         self.max_samples, self.nan_strategy = max_samples, nan_strategy
         self._warned_capped = False
         self._rows: Tensor | None = None  # the buffer of rows waiting for the next product, see _queue
-        self._rows_filled = 0
-        self._rows_abs_max = torch.zeros((), dtype=torch.float64)
+        self._rows_filled, self._rows_wide, self._rows_abs_max = 0, False, torch.zeros((), dtype=torch.float64)
+        self._unit_scale = True  # `scale` is known to be 0 or 1: see _flush
 
         self.add_state("num_rows", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("non_finite_batches", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
@@ -329,50 +305,49 @@ class RankMe(Metric):
         self.num_rows += z.shape[0]
 
     def _queue(self, z: Tensor, abs_max: Tensor, finite: Tensor | None = None) -> None:
-        """Cast a batch into the row buffer (multiplied in when full) or, from ``_BUFFER_ROWS`` rows, multiply it in.
-
-        With ``finite`` (a 0-dim bool tensor), a non-finite batch is written as zeros. Nothing is read to the host.
-        """
-        n, own_product, room = z.shape[0], z.shape[0] >= _BUFFER_ROWS, _BUFFER_ROWS - self._rows_filled
-        if n == 0:
-            return
-        if not own_product and n > room:  # fill the buffer to the brim, so every buffered product is full size
+        """Cast a batch into the row buffer, multiplied in when full; a non-``finite`` one as zeros. No host read."""
+        n, room = z.shape[0], _BUFFER_ROWS - self._rows_filled
+        if 0 < n < _BUFFER_ROWS and n > room:  # fill the buffer to the brim, so every buffered product is full size
             self._queue(z[:room], abs_max, finite)
-            self._flush()
             self._queue(z[room:], abs_max, finite)
             return
-        if own_product:
+        if n >= _BUFFER_ROWS:
             self._flush()
-        if own_product:  # a copy, scaled in place by the product
-            rows = z.to(device=self.device, dtype=torch.float64, copy=True)
-        else:
+            rows = z.to(device=self.device, dtype=torch.float64, copy=True)  # a copy: _fold may scale it in place
+        elif n:
             if self._rows is None:
                 self._rows = torch.empty(_BUFFER_ROWS, z.shape[1], dtype=torch.float64, device=self.device)
-                self._rows_abs_max = torch.zeros((), dtype=torch.float64, device=self.device)
             rows = self._rows[self._rows_filled : self._rows_filled + n].copy_(z)
-        if finite is not None:
+        if n and finite is not None:
             rows.masked_fill_(~finite, 0.0)
             abs_max = torch.where(finite, abs_max, 0.0)
-        if own_product:
-            self._fold(rows, abs_max, timed=True)
-        else:
-            self._rows_abs_max = torch.maximum(self._rows_abs_max, abs_max)
+        if n:
+            self._rows_abs_max = torch.maximum(self._rows_abs_max.to(self.device), abs_max)
+            self._rows_wide = self._rows_wide or z.element_size() > 4
             self._rows_filled += n
+        if self._rows_filled == _BUFFER_ROWS or n >= _BUFFER_ROWS:
+            self._flush(rows if n >= _BUFFER_ROWS else None)
 
-    def _flush(self) -> None:
-        """Multiply the queued rows into the Gram matrix: before anything reads, syncs, merges or saves the state."""
-        if not self._rows_filled or self._rows is None:
+    def _flush(self, rows: Tensor | None = None) -> None:
+        """Multiply the queued rows (or ``rows``) into the Gram matrix: before anything reads, syncs or saves the state.
+
+        Float32 and narrower values are multiplied as they are while the state is in units of 1 (their squares and
+        sums stay far inside float64's range); otherwise the state and the rows are first rescaled, exactly, to a
+        power of two that covers the largest ``|z|`` (float64 values may square past its range).
+        """
+        if rows is None and (self._rows is None or not self._rows_filled):
             return
-        self._fold(self._rows[: self._rows_filled], self._rows_abs_max, timed=self._rows_filled == _BUFFER_ROWS)
-        self._rows_filled = 0
+        rows = self._rows[: self._rows_filled] if rows is None else rows  # type: ignore[index]
+        if self._rows_wide or not self._unit_scale:
+            scale = torch.maximum(self.scale, _power_of_two_scale(self._rows_abs_max))
+            self.gram.mul_(torch.where(scale > 0, self.scale / scale, 1.0) ** 2)
+            rows.mul_(torch.where(scale > 0, 1 / scale, 0.0))
+            self.scale, self._unit_scale = scale, False
+        else:
+            self.scale = torch.where(self._rows_abs_max > 0, 1.0, self.scale)
+        _TUNER.add_gram_(self.gram, rows, timed=rows.shape[0] >= _BUFFER_ROWS)
+        self._rows_filled, self._rows_wide = 0, False
         self._rows_abs_max = torch.zeros_like(self._rows_abs_max)
-
-    def _fold(self, rows: Tensor, abs_max: Tensor, timed: bool) -> None:
-        """``gram += rows^T rows``, the state and the rows rescaled (exactly) to a ``scale`` that covers ``abs_max``."""
-        scale = torch.maximum(self.scale, _power_of_two_scale(abs_max))
-        ratio = torch.where(scale > 0, self.scale / scale, 1.0)
-        _TUNER.add_gram_(self.gram, rows, ratio * ratio, torch.where(scale > 0, 1 / scale, 0.0), timed)
-        self.scale = scale
 
     def forward(self, z: Tensor) -> Tensor:
         """:meth:`update`, then RankMe of this batch's finite rows alone on this process (NaN if none is left).
@@ -425,11 +400,7 @@ class RankMe(Metric):
         return RankMeSummary(value.to(torch.get_default_dtype()), singular_values * scale, num_samples, num_features)
 
     def compute(self) -> Tensor:
-        """RankMe of every row accumulated on every rank, as a 0-dim tensor (a collective: call it on every rank).
-
-        Raises:
-            RankMeNoSamplesError: if no rows were accumulated on any rank.
-        """
+        """RankMe of every row on every rank, a 0-dim tensor; a collective. Raises RankMeNoSamplesError without rows."""
         summary = self._local_summary()
         if summary.non_finite_batches:
             _warn(
@@ -441,11 +412,7 @@ class RankMe(Metric):
         return summary.value
 
     def summary(self) -> RankMeSummary:
-        """The value, the spectrum, N and D from one sync (a collective, like :meth:`compute`).
-
-        Raises:
-            RankMeNoSamplesError: if no rows were accumulated on any rank.
-        """
+        """The value, the spectrum, N and D from one sync; a collective, raising as :meth:`compute` does."""
         with self.sync_context(
             dist_sync_fn=self.dist_sync_fn,
             should_sync=self.sync_on_compute,
@@ -454,17 +421,9 @@ class RankMe(Metric):
             return self._local_summary()
 
     def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: Any = None) -> Any:
-        """Plot this value, or a sequence of values over time, as every torchmetrics metric does.
+        """Plot ``val`` (a value, a sequence of them over time; default :meth:`compute`) on ``ax`` or a new figure.
 
-        Args:
-            val: a value from :meth:`compute` or :meth:`forward`, or a sequence of them; by default :meth:`compute`.
-            ax: a matplotlib ``Axes`` to draw on; a new figure by default.
-
-        Returns:
-            The matplotlib ``(Figure, Axes)``.
-
-        Raises:
-            ModuleNotFoundError: if matplotlib is not installed (``pip install matplotlib``).
+        Returns the matplotlib ``(Figure, Axes)``; raises ``ModuleNotFoundError`` without matplotlib.
 
         Example:
             >>> import torch
@@ -476,17 +435,9 @@ class RankMe(Metric):
         return (ax.get_figure() if fig is None else fig), ax
 
     def plot_spectrum(self, summary: RankMeSummary | None = None, ax: Any = None) -> Any:
-        """Plot the singular values against their rank k on log-log axes, with RankMe, N and D in the title.
+        """Plot ``summary``'s (default :meth:`summary`) singular values against k, log-log, on ``ax`` or a new figure.
 
-        Args:
-            summary: a :meth:`summary` to draw; by default :meth:`summary` now.
-            ax: a matplotlib ``Axes`` to draw on; a new figure by default.
-
-        Returns:
-            The matplotlib ``(Figure, Axes)``.
-
-        Raises:
-            ModuleNotFoundError: if matplotlib is not installed (``pip install matplotlib``).
+        Returns the matplotlib ``(Figure, Axes)``; raises ``ModuleNotFoundError`` without matplotlib.
 
         Example:
             >>> import torch
@@ -520,30 +471,26 @@ class RankMe(Metric):
     def reset(self) -> None:
         """Forget every row, the queued ones included, and D."""
         super().reset()
-        self._rows, self._rows_filled = None, 0
+        self._rows, self._rows_filled, self._rows_wide, self._unit_scale = None, 0, False, True
+        self._rows_abs_max = torch.zeros_like(self._rows_abs_max)
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         self._flush()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
-        """Add another RankMe's rows to this one's, as if they had been fed here (as a sync does).
-
-        Both need the same ``mode`` and ``center`` (they decide what the state is); this metric's ``eps`` is used.
+        """Add another RankMe's rows (of the same ``mode`` and ``center``) to this one's, as a sync does.
 
         Raises:
-            ValueError: if the other metric's ``mode`` or ``center`` differs, or a dict does not hold exactly this
-                metric's state names.
+            ValueError: if the other metric's ``mode`` or ``center`` differs, or a dict holds other state names.
         """
-        if isinstance(incoming_state, RankMe):
-            for setting in ("mode", "center"):
-                mine, theirs = getattr(self, setting), getattr(incoming_state, setting)
-                if mine != theirs:
-                    raise ValueError(
-                        f"Expected a RankMe with the same `{setting}` to merge, but this one has {setting}={mine!r}"
-                        f" and the incoming one {setting}={theirs!r}: their states mean different things."
-                    )
-        elif isinstance(incoming_state, dict) and set(incoming_state) != set(self._defaults):
+        for setting in ("mode", "center") if isinstance(incoming_state, RankMe) else ():
+            if (mine := getattr(self, setting)) != (theirs := getattr(incoming_state, setting)):
+                raise ValueError(
+                    f"Expected a RankMe with the same `{setting}` to merge, but this one has {setting}={mine!r}"
+                    f" and the incoming one {setting}={theirs!r}: their states mean different things."
+                )
+        if isinstance(incoming_state, dict) and set(incoming_state) != set(self._defaults):
             raise ValueError(
                 f"Expected the states of a RankMe(mode={self.mode!r}, center={self.center}), {sorted(self._defaults)},"
                 f" but got {sorted(incoming_state)}. Merge metrics of the same `mode` and `center`."
@@ -575,7 +522,7 @@ class RankMe(Metric):
         self.gram = self.gram * (ratio * ratio)
         if self.center:
             self.mean = self.mean * ratio
-        self.scale = scale.clone()
+        self.scale, self._unit_scale = scale.clone(), False
 
     def _centre_on_global_mean(self, dist_sync_fn: Callable, group: Any | None) -> None:
         """Turn this rank's scatter about its own mean into its scatter about the mean of all ranks."""
@@ -626,7 +573,7 @@ class RankMe(Metric):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Drop queued rows (the loaded state replaces theirs); a state saved before ``scale`` existed loads at 1."""
         if prefix + "gram" in state_dict:
-            self._rows_filled = 0
+            self._rows_filled, self._rows_wide, self._unit_scale = 0, False, False
             if prefix + "scale" not in state_dict and self._persistent.get("scale"):
                 state_dict[prefix + "scale"] = torch.ones((), dtype=torch.float64)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import math
@@ -18,7 +19,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
-from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from rankme.functional import DEFAULT_EPS, RankMeNoSamplesError, RankMeWarning, _check_bool, _check_int
@@ -49,8 +49,7 @@ def _check_number(name: str, value: object, expected: str, within: Callable[[flo
 class RankMeCallback(Callback):
     """Log RankMe of an encoder's validation outputs at the end of every validation epoch, label-free.
 
-    Every rank logs ``name`` (monitor it with ``mode="max"``), ``name + "_normalized"``, ``name + "_num_samples"`` and
-    the spectrum: see the README for the keys, NaN batches, ``DistributedSampler`` padding and the sanity check.
+    Every rank logs ``name`` (``mode="max"``) and the README's other keys, NaN after a NaN batch, not in sanity checks.
 
     Args:
         module: dotted name of the submodule whose forward output a hook captures (``"backbone"``, ``"encoder.head"``).
@@ -111,12 +110,10 @@ class RankMeCallback(Callback):
         self.module, self.output_key, self.name, self.transform = module, output_key, name, transform
         self.dataloader_idx, self.every_n_epochs, self.calls_per_batch = dataloader_idx, every_n_epochs, calls_per_batch
         self.log_spectrum, self.prog_bar, self.collapse_threshold = log_spectrum, prog_bar, collapse_threshold
-        self.history: list[
-            dict[str, float]
-        ] = []  # per computed epoch: epoch, global_step, value, normalized, num_samples
-        self.spectra: list[dict[str, Any]] = []  # with log_spectrum, per computed epoch: epoch, global_step, k, values
+        self.history: list[dict[str, float]] = []  # per epoch: epoch, global_step, value, normalized, num_samples
+        self.spectra: list[dict[str, Any]] = []  # with log_spectrum, per epoch: epoch, global_step, k, values
         self._keys = {"value": name, "normalized": f"{name}_normalized", "num_samples": f"{name}_num_samples"}
-        self._hook: RemovableHandle | None = None
+        self._hooks = contextlib.ExitStack()  # the forward hook while a validation epoch runs
         self._active = self._in_monitored_batch = False  # this validation epoch, batch is monitored
         self._rows_left: int | None = None  # this rank's real (not padding) rows still to come; None: all count
         self._batch_rows: int | None = None  # the rows kept from the current batch, once its first output is seen
@@ -184,7 +181,7 @@ class RankMeCallback(Callback):
         self.metric.reset()
         self.metric.to(pl_module.device if pl_module.device.type != "mps" else "cpu")  # MPS has no float64
         if self.module is not None:
-            self._hook = self._submodule(pl_module, self.module).register_forward_hook(self._capture_hook)
+            self._hooks.enter_context(self._submodule(pl_module, self.module).register_forward_hook(self._capture_hook))
 
     @override
     def on_validation_batch_start(
@@ -209,10 +206,8 @@ class RankMeCallback(Callback):
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *_: Any) -> None:
         if self.output_key is not None and self._in_monitored_batch:
             if not isinstance(outputs, Mapping) or self.output_key not in outputs:
-                got = f"a dict with keys {list(outputs)}" if isinstance(outputs, Mapping) else repr(type(outputs))
-                raise MisconfigurationException(
-                    f"{self._describe()}: validation_step returned {got}, not a dict holding the embeddings."
-                )
+                got = f"keys {list(outputs)}" if isinstance(outputs, Mapping) else type(outputs).__name__
+                raise MisconfigurationException(f"{self._describe()}: validation_step's dict lacks the key; got {got}.")
             self._update(outputs[self.output_key], f"validation_step's output[{self.output_key!r}]")
         self._in_monitored_batch = False
 
@@ -250,8 +245,7 @@ class RankMeCallback(Callback):
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._hook is not None:  # removing twice is a no-op
-            self._hook.remove()
+        self._hooks.close()
         if not self._active or trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
@@ -304,21 +298,19 @@ class RankMeCallback(Callback):
                 bins = [ks[0] - 0.5, *((a + b) / 2 for a, b in pairwise(ks)), ks[-1] + 0.5]
                 histogram = wandb.Histogram(np_histogram=(values, bins))  # type: ignore[arg-type]  # lists work
                 logger.log_metrics({key: histogram}, step=step)  # type: ignore[dict-item]
-            elif isinstance(logger, TensorBoardLogger):
-                # min, max, num, sum, sum_squares, bucket_limits, bucket_counts: bucket k holds s_k / sum(s)
+            elif isinstance(logger, TensorBoardLogger):  # stats: min, max, num, sum, sum_squares
                 stats = (ks[0], ks[-1], len(ks), sum(values), sum(v * v for v in values))
                 logger.experiment.add_histogram_raw(key, *stats, ks, values, global_step=step)
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """After fit or validate: one W&B line chart of the kept spectra (first, latest and evenly spaced epochs)."""
+        """After fit or validate: one W&B line chart of the kept spectra (first, latest, evenly spaced; 8 at most)."""
         loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger) and trainer.global_rank == 0]
         if stage not in ("fit", "validate") or not (self.log_spectrum and self.spectra and loggers):
             return
         import wandb
 
-        picks = torch.linspace(0, len(self.spectra) - 1, min(len(self.spectra), 8))  # 8 curves at most
-        shown = [self.spectra[i] for i in picks.round().long().unique().tolist()]
+        shown = [self.spectra[i] for i in torch.linspace(0, len(self.spectra) - 1, 8).round().long().unique().tolist()]
         xs, ys, keys = zip(*((entry["k"], entry["values"], f"epoch {entry['epoch']}") for entry in shown), strict=True)
         plot = wandb.plot.line_series(xs, ys, keys, title=f"{self.name}: normalised singular values", xname="k")
         for logger in loggers:
@@ -326,8 +318,7 @@ class RankMeCallback(Callback):
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if self._hook is not None:
-            self._hook.remove()
+        self._hooks.close()
         self.metric.reset()
 
     @override
@@ -337,7 +328,7 @@ class RankMeCallback(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         try:
-            self.history, self.spectra = _restored(state_dict, "history"), _restored(state_dict, "spectra")
+            self.history, self.spectra = (_restored(state_dict, key, fields) for key, fields in _SAVED_FIELDS.items())
         except ValueError as err:
             self.history, self.spectra = [], []
             self._report(f"could not restore its history from the checkpoint ({err}); it starts afresh.")
@@ -353,11 +344,10 @@ _SAVED_FIELDS: dict[str, dict[str, Callable[[object], bool]]] = {
 }
 
 
-def _restored(state_dict: object, key: str) -> list[dict[str, Any]]:
-    """The ``history`` or ``spectra`` of a saved callback state (absent: empty); raises ValueError if malformed."""
+def _restored(state_dict: object, key: str, fields: dict[str, Callable[[object], bool]]) -> list[dict[str, Any]]:
+    """The ``key`` list of a saved callback state (absent: empty); raises ValueError unless its entries fit."""
     if not isinstance(state_dict, Mapping) or not isinstance(entries := state_dict.get(key, []), list):
         raise ValueError(f"expected a dict holding a list `{key}`, got {state_dict!r:.80}")
-    fields = _SAVED_FIELDS[key]
     for position, entry in enumerate(entries):
         ok = isinstance(entry, Mapping) and set(entry) == set(fields) and all(f(entry[k]) for k, f in fields.items())
         if not ok or (key == "spectra" and not len(entry["k"]) == len(entry["values"]) > 0):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import math
@@ -18,7 +19,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
-from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from rankme.functional import DEFAULT_EPS, RankMeNoSamplesError, RankMeWarning, _check_bool, _check_int
@@ -27,11 +27,8 @@ from rankme.metric import Mode, RankMe, RankMeSummary
 if TYPE_CHECKING:
     from rankme.selection import RankMeCollapseGuard
 
-CallsPerBatch = Literal["all", "first"]
-
 
 def _warn(message: str) -> None:
-    """Warn once, on rank zero, with the package's category."""
     rank_zero_warn(message, category=RankMeWarning)
 
 
@@ -40,13 +37,11 @@ def _is_number(value: object) -> bool:
 
 
 def _expect(ok: bool, name: str, expected: str, value: object) -> None:
-    """Raise the torchmetrics-style ``ValueError`` about argument ``name`` unless ``ok``."""
     if not ok:
         raise ValueError(f"Expected argument `{name}` to be {expected}, but got {value!r}.")
 
 
 def _check_number(name: str, value: object, expected: str, within: Callable[[float], bool]) -> None:
-    """Raise a ``ValueError`` unless ``value`` is None or a finite number (not a bool) ``within`` its range."""
     ok = value is None or (_is_number(value) and math.isfinite(value) and within(value))  # type: ignore[arg-type]
     _expect(ok, name, f"None or {expected}", value)
 
@@ -54,21 +49,13 @@ def _check_number(name: str, value: object, expected: str, within: Callable[[flo
 class RankMeCallback(Callback):
     """Log RankMe of an encoder's validation outputs at the end of every validation epoch, label-free.
 
-    The embeddings come from ``module`` (a submodule whose forward output a hook captures) or ``output_key`` (a key of
-    ``validation_step``'s returned dict). At epoch end every rank logs ``name`` (monitor it with ``mode="max"``),
-    ``name + "_normalized"`` (RankMe / min(N, D)), ``name + "_num_samples"`` (N) and the README's spectrum keys; NaN,
-    with a warning, if a batch held NaN or infinity. By default nothing is read back to the host per batch, the sanity
-    check logs nothing, and under DDP the rows a ``DistributedSampler`` repeats as padding are left out. Every warning
-    is a :class:`rankme.RankMeWarning`, emitted once, on rank zero.
+    Every rank logs ``name`` (``mode="max"``) and the README's other keys, NaN after a NaN batch, not in sanity checks.
 
     Args:
-        module: dotted name of the submodule to capture (``"backbone"``, ``"encoder.head"``).
+        module: dotted name of the submodule whose forward output a hook captures (``"backbone"``, ``"encoder.head"``).
         output_key: key of ``validation_step``'s returned dict that holds the embeddings.
         name: the logged key. Avoid ``/``: checkpoint filename templates turn it into folders.
-        mode: the metric's mode, ``"gram"`` (state D x D) or ``"embeddings"`` (keeps the rows).
-        eps: the paper's smoothing constant.
-        center: subtract the column mean before taking singular values.
-        max_samples: cap on the rows per epoch over all ranks (the paper uses 25600); None keeps all.
+        mode, eps, center, max_samples: as in :class:`rankme.RankMe`; ``max_samples`` caps the rows of all ranks.
         dataloader_idx: which validation dataloader to monitor.
         every_n_epochs: compute every n-th fitting epoch (``Trainer(check_val_every_n_epoch=n)`` skips validation).
         transform: maps a captured output (tuple, tokens, feature map) to a (batch, D) tensor.
@@ -101,14 +88,11 @@ class RankMeCallback(Callback):
         log_spectrum: bool = True,
         prog_bar: bool = True,
         collapse_threshold: float | None = None,
-        calls_per_batch: CallsPerBatch | None = None,
+        calls_per_batch: Literal["all", "first"] | None = None,
     ) -> None:
         try:
             if (module is None) == (output_key is None):
-                raise ValueError(
-                    "RankMeCallback needs exactly one source of embeddings: `module=` (a submodule) or `output_key=`"
-                    f" (a key of validation_step's dict); got module={module!r} and output_key={output_key!r}."
-                )
+                raise ValueError(f"Pass exactly one source, `module=` or `output_key=`; got {module=}, {output_key=}.")
             for arg, value in (("module", module), ("output_key", output_key), ("name", name)):
                 _expect(value is None or (isinstance(value, str) and value != ""), arg, "a non-empty str", value)
             _check_int("dataloader_idx", dataloader_idx, 0)
@@ -117,9 +101,7 @@ class RankMeCallback(Callback):
             _check_bool("prog_bar", prog_bar)
             _expect(transform is None or callable(transform), "transform", "callable", transform)
             _check_number("collapse_threshold", collapse_threshold, "a float in (0, 1]", lambda v: 0 < v <= 1)
-            _expect(
-                calls_per_batch in (None, "all", "first"), "calls_per_batch", "None, 'all', 'first'", calls_per_batch
-            )
+            _expect(calls_per_batch in (None, "all", "first"), "calls_per_batch", "'all' or 'first'", calls_per_batch)
             if calls_per_batch is not None and module is None:
                 raise ValueError("`calls_per_batch` applies to `module=` only; leave it unset with `output_key=`.")
             self.metric = RankMe(mode=mode, eps=eps, center=center, max_samples=max_samples, nan_strategy="propagate")
@@ -128,11 +110,10 @@ class RankMeCallback(Callback):
         self.module, self.output_key, self.name, self.transform = module, output_key, name, transform
         self.dataloader_idx, self.every_n_epochs, self.calls_per_batch = dataloader_idx, every_n_epochs, calls_per_batch
         self.log_spectrum, self.prog_bar, self.collapse_threshold = log_spectrum, prog_bar, collapse_threshold
-        self.history: list[dict[str, float]] = []
-        """One entry per computed epoch: epoch, global_step, value, normalized, num_samples."""
-        self.spectra: list[dict[str, Any]] = []
-        """With ``log_spectrum``, one entry per computed epoch: epoch, global_step, k and s_k / sum(s) at ~128 k."""
-        self._hook: RemovableHandle | None = None
+        self.history: list[dict[str, float]] = []  # per epoch: epoch, global_step, value, normalized, num_samples
+        self.spectra: list[dict[str, Any]] = []  # with log_spectrum, per epoch: epoch, global_step, k, values
+        self._keys = {"value": name, "normalized": f"{name}_normalized", "num_samples": f"{name}_num_samples"}
+        self._hooks = contextlib.ExitStack()  # the forward hook while a validation epoch runs
         self._active = self._in_monitored_batch = False  # this validation epoch, batch is monitored
         self._rows_left: int | None = None  # this rank's real (not padding) rows still to come; None: all count
         self._batch_rows: int | None = None  # the rows kept from the current batch, once its first output is seen
@@ -147,25 +128,15 @@ class RankMeCallback(Callback):
     def collapse_early_stopping(
         self, start_epoch: int | None = None, fraction: float | None = 0.5, min_value: float | None = None
     ) -> RankMeCollapseGuard:
-        """A :class:`rankme.RankMeCollapseGuard` that stops the run when this callback's value falls.
-
-        Args:
-            start_epoch: the first epoch that counts; None: the module's ``warmup_epochs``.
-            fraction: stop below ``fraction`` x the best value since ``start_epoch``.
-            min_value: stop at or below this value.
+        """A :class:`rankme.RankMeCollapseGuard` (same arguments) that stops the run when this callback's value falls.
 
         Example:
-            >>> from rankme import RankMeCallback
-            >>> guard = RankMeCallback(module="backbone").collapse_early_stopping(start_epoch=5)
-            >>> guard.monitor, guard.fraction
-            ('rankme', 0.5)
+            >>> RankMeCallback(module="backbone").collapse_early_stopping(start_epoch=5).monitor
+            'rankme'
         """
         from rankme.selection import RankMeCollapseGuard
 
         return RankMeCollapseGuard(self.name, start_epoch=start_epoch, fraction=fraction, min_value=min_value)
-
-    def _keys(self) -> dict[str, str]:
-        return {"value": self.name, "normalized": f"{self.name}_normalized", "num_samples": f"{self.name}_num_samples"}
 
     def _report(self, message: str) -> None:
         _warn(f"RankMeCallback({self.name!r}): {message}")
@@ -177,25 +148,21 @@ class RankMeCallback(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.module is not None:
-            self._submodule(pl_module)  # fail now, before any training time is spent
-        mine = set(self._keys().values())
+            self._submodule(pl_module, self.module)  # fail now, before any training time is spent
         for other in [c for c in getattr(trainer, "callbacks", []) if isinstance(c, RankMeCallback) and c is not self]:
-            if shared := mine & set(other._keys().values()):
+            if shared := set(self._keys.values()) & set(other._keys.values()):
                 raise MisconfigurationException(
-                    f"{self._describe()} and {other._describe()} both log {sorted(shared)}: one value would overwrite"
-                    " the other. Give each RankMeCallback its own `name=`."
+                    f"{self._describe()} and {other._describe()} both log {sorted(shared)}: give each its own `name=`."
                 )
 
-    def _submodule(self, pl_module: LightningModule) -> nn.Module:
-        assert self.module is not None
+    def _submodule(self, pl_module: LightningModule, target: str) -> nn.Module:
         try:
-            return pl_module.get_submodule(self.module)
+            return pl_module.get_submodule(target)
         except AttributeError:
             names = [name for name, _ in pl_module.named_modules() if name]
-            close = difflib.get_close_matches(self.module, names, n=5, cutoff=0.4)
-            hint = f" Did you mean {close}?" if close else f" Its submodules are {names[:20]}."
+            close = difflib.get_close_matches(target, names, n=5, cutoff=0.4) or names[:20]
             raise MisconfigurationException(
-                f"RankMeCallback(module={self.module!r}): {type(pl_module).__name__} has no such submodule.{hint}"
+                f"{self._describe()}: {type(pl_module).__name__} has no such submodule. Did you mean one of {close}?"
             ) from None
 
     @override
@@ -214,7 +181,7 @@ class RankMeCallback(Callback):
         self.metric.reset()
         self.metric.to(pl_module.device if pl_module.device.type != "mps" else "cpu")  # MPS has no float64
         if self.module is not None:
-            self._hook = self._submodule(pl_module).register_forward_hook(self._capture_hook)
+            self._hooks.enter_context(self._submodule(pl_module, self.module).register_forward_hook(self._capture_hook))
 
     @override
     def on_validation_batch_start(
@@ -236,22 +203,11 @@ class RankMeCallback(Callback):
         self._update(output, f"the output of submodule {self.module!r}")
 
     @override
-    def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *_: Any) -> None:
         if self.output_key is not None and self._in_monitored_batch:
             if not isinstance(outputs, Mapping) or self.output_key not in outputs:
-                got = f"a dict with keys {list(outputs)}" if isinstance(outputs, Mapping) else repr(type(outputs))
-                raise MisconfigurationException(
-                    f"RankMeCallback(output_key={self.output_key!r}): validation_step returned {got}, not a dict"
-                    " holding the embeddings under that key."
-                )
+                got = f"keys {list(outputs)}" if isinstance(outputs, Mapping) else type(outputs).__name__
+                raise MisconfigurationException(f"{self._describe()}: validation_step's dict lacks the key; got {got}.")
             self._update(outputs[self.output_key], f"validation_step's output[{self.output_key!r}]")
         self._in_monitored_batch = False
 
@@ -262,9 +218,7 @@ class RankMeCallback(Callback):
         loop = trainer.validate_loop if trainer.state.fn == "validate" else trainer.fit_loop.epoch_loop.val_loop
         loaders = getattr(getattr(loop, "_combined_loader", None), "flattened", [])
         loader = loaders[self.dataloader_idx] if self.dataloader_idx < len(loaders) else None
-        sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
-        if sampler is None:
-            sampler = getattr(loader, "sampler", None)
+        sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", getattr(loader, "sampler", None))
         if isinstance(sampler, DistributedSampler):
             real = len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))  # type: ignore[arg-type]
             return min(real, sampler.num_samples)
@@ -291,12 +245,14 @@ class RankMeCallback(Callback):
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._remove_hook()
+        self._hooks.close()
         if not self._active or trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
         try:
-            summary = self._summary()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", RankMeWarning)
+                summary = self.metric.summary()
         except RankMeNoSamplesError as err:  # raised alike on every rank, from synchronised state
             self._report(f"nothing logged at epoch {epoch}: {err}")
             return
@@ -305,50 +261,36 @@ class RankMeCallback(Callback):
             raise MisconfigurationException(message) from err
         finally:
             self.metric.reset()
-        if bad := summary.non_finite_batches:
-            self._report(f"{bad} batches held NaN or infinite embeddings at epoch {epoch}.")
-            self._log(trainer, pl_module, math.nan, math.nan, math.nan)
-            return
-        self._log(trainer, pl_module, float(summary.value), summary.normalized, float(summary.num_samples))
-        if self.collapse_threshold is not None and summary.normalized < self.collapse_threshold:
-            self._report(
-                f"RankMe / min(N, D) = {summary.normalized:.4f} is below collapse_threshold={self.collapse_threshold}"
-                f" at epoch {epoch}; `collapse_early_stopping()` stops on a fall."
-            )
-        if self.log_spectrum:
-            self._log_spectrum(trainer, summary)
-
-    def _summary(self) -> RankMeSummary:
-        """The metric's synchronised summary; its warnings, alike on every rank, are re-emitted on rank zero only."""
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", RankMeWarning)
-                return self.metric.summary()
-        finally:
-            for warning in caught:
+            for warning in caught:  # the metric's, alike on every rank: re-emitted on rank zero only
                 if issubclass(warning.category, RankMeWarning):
                     self._report(str(warning.message))
                 else:
                     warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-
-    def _log(self, trainer: Trainer, pl_module: LightningModule, value: float, normalized: float, n: float) -> None:
-        row = {"value": value, "normalized": normalized, "num_samples": n}
-        for field, key in self._keys().items():  # equal on every rank already: "max" keeps them exactly
+        if bad := summary.non_finite_batches:
+            self._report(f"{bad} batches held NaN or infinite embeddings at epoch {epoch}.")
+        numbers = (math.nan,) * 3 if bad else (float(summary.value), summary.normalized, float(summary.num_samples))
+        row = dict(zip(self._keys, numbers, strict=True))  # value, normalized, num_samples
+        for field, key in self._keys.items():  # equal on every rank already: "max" keeps them exactly
             prog_bar = self.prog_bar and field == "value"
-            tensor = torch.tensor(row[field], device=pl_module.device)
-            pl_module.log(key, tensor, prog_bar=prog_bar, sync_dist=True, reduce_fx="max", add_dataloader_idx=False)
-        self.history.append({"epoch": trainer.current_epoch, "global_step": trainer.global_step, **row})
+            pl_module.log(key, row[field], prog_bar=prog_bar, sync_dist=True, reduce_fx="max", add_dataloader_idx=False)
+        self.history.append({"epoch": epoch, "global_step": trainer.global_step, **row})
+        if self.collapse_threshold is not None and row["normalized"] < self.collapse_threshold:
+            self._report(
+                f"RankMe / min(N, D) = {row['normalized']:.4f} is below collapse_threshold={self.collapse_threshold}"
+                f" at epoch {epoch}; `collapse_early_stopping()` stops on a fall."
+            )
+        if self.log_spectrum and not bad:
+            self._log_spectrum(trainer, summary)
 
     def _log_spectrum(self, trainer: Trainer, summary: RankMeSummary) -> None:
-        """Keep this epoch's spectrum at ~128 log-spaced k and log it: one histogram, bar k holding s_k / sum(s)."""
+        """Keep this epoch's s_k / sum(s) at ~128 log-spaced k; log it as one histogram, bar k holding s_k / sum(s)."""
         spectrum = summary.singular_values / summary.singular_values.sum()
         k = torch.logspace(0, math.log10(len(spectrum)), 128, dtype=torch.float64).round().long().unique()
         ks, values = k.tolist(), spectrum[(k - 1).to(spectrum.device)].tolist()  # one read per epoch
         if math.isnan(values[0]):  # all-zero embeddings (0 / 0): no spectrum to keep or log
             return
-        step = trainer.global_step
+        step, key = trainer.global_step, f"{self.name}_spectrum"
         self.spectra.append({"epoch": trainer.current_epoch, "global_step": step, "k": ks, "values": values})
-        key = f"{self.name}_spectrum"
         for logger in trainer.loggers if trainer.global_rank == 0 else []:
             if isinstance(logger, WandbLogger):
                 import wandb
@@ -356,42 +298,27 @@ class RankMeCallback(Callback):
                 bins = [ks[0] - 0.5, *((a + b) / 2 for a, b in pairwise(ks)), ks[-1] + 0.5]
                 histogram = wandb.Histogram(np_histogram=(values, bins))  # type: ignore[arg-type]  # lists work
                 logger.log_metrics({key: histogram}, step=step)  # type: ignore[dict-item]
-            elif isinstance(logger, TensorBoardLogger):
-                # min, max, num, sum, sum_squares, bucket_limits, bucket_counts: bucket k holds s_k / sum(s)
+            elif isinstance(logger, TensorBoardLogger):  # stats: min, max, num, sum, sum_squares
                 stats = (ks[0], ks[-1], len(ks), sum(values), sum(v * v for v in values))
                 logger.experiment.add_histogram_raw(key, *stats, ks, values, global_step=step)
 
-    def _log_spectrum_chart(self, trainer: Trainer) -> None:
-        """One W&B line chart of the kept spectra (the first, the latest and evenly spaced epochs)."""
-        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-        if not self.log_spectrum or not self.spectra or not loggers or trainer.global_rank != 0:
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """After fit or validate: one W&B line chart of the kept spectra (first, latest, evenly spaced; 8 at most)."""
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger) and trainer.global_rank == 0]
+        if stage not in ("fit", "validate") or not (self.log_spectrum and self.spectra and loggers):
             return
         import wandb
 
-        picks = torch.linspace(0, len(self.spectra) - 1, min(len(self.spectra), 8))  # 8 curves at most
-        shown = [self.spectra[i] for i in picks.round().long().unique().tolist()]
+        shown = [self.spectra[i] for i in torch.linspace(0, len(self.spectra) - 1, 8).round().long().unique().tolist()]
         xs, ys, keys = zip(*((entry["k"], entry["values"], f"epoch {entry['epoch']}") for entry in shown), strict=True)
         plot = wandb.plot.line_series(xs, ys, keys, title=f"{self.name}: normalised singular values", xname="k")
         for logger in loggers:
             logger.log_metrics({f"{self.name}_spectrum_chart": plot}, step=trainer.global_step)  # type: ignore[dict-item]
 
     @override
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._log_spectrum_chart(trainer)
-
-    def _remove_hook(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
-    @override
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.state.fn == "validate":
-            self._log_spectrum_chart(trainer)
-
-    @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._remove_hook()
+        self._hooks.close()
         self.metric.reset()
 
     @override
@@ -400,10 +327,9 @@ class RankMeCallback(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the history; a malformed saved state gives a warning and a fresh history, never a failed resume."""
         try:
-            self.history, self.spectra = _restored(state_dict, "history"), _restored(state_dict, "spectra")
-        except (TypeError, ValueError) as err:
+            self.history, self.spectra = (_restored(state_dict, key, fields) for key, fields in _SAVED_FIELDS.items())
+        except ValueError as err:
             self.history, self.spectra = [], []
             self._report(f"could not restore its history from the checkpoint ({err}); it starts afresh.")
 
@@ -418,16 +344,12 @@ _SAVED_FIELDS: dict[str, dict[str, Callable[[object], bool]]] = {
 }
 
 
-def _restored(state_dict: object, key: str) -> list[dict[str, Any]]:
-    """The ``history`` or ``spectra`` of a saved callback state (absent: empty); raises TypeError/ValueError if bad."""
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"expected a dict, got {type(state_dict).__name__}")
-    entries = state_dict.get(key, [])
-    if not isinstance(entries, list):
-        raise TypeError(f"expected `{key}` to be a list, got {type(entries).__name__}")
-    fields = _SAVED_FIELDS[key]
+def _restored(state_dict: object, key: str, fields: dict[str, Callable[[object], bool]]) -> list[dict[str, Any]]:
+    """The ``key`` list of a saved callback state (absent: empty); raises ValueError unless its entries fit."""
+    if not isinstance(state_dict, Mapping) or not isinstance(entries := state_dict.get(key, []), list):
+        raise ValueError(f"expected a dict holding a list `{key}`, got {state_dict!r:.80}")
     for position, entry in enumerate(entries):
         ok = isinstance(entry, Mapping) and set(entry) == set(fields) and all(f(entry[k]) for k, f in fields.items())
         if not ok or (key == "spectra" and not len(entry["k"]) == len(entry["values"]) > 0):
             raise ValueError(f"{key} entry {position} is not a dict of numbers {list(fields)}: {entry!r}")
-    return [copy.deepcopy(dict(entry)) for entry in entries]
+    return copy.deepcopy([dict(entry) for entry in entries])

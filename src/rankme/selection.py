@@ -1,24 +1,15 @@
-"""Label-free checkpoint selection with RankMe: warm-up-aware Lightning monitors and a collapse guard.
-
-RankMe often peaks at initialisation (see the README), so each callback here ignores the epochs before ``start_epoch``.
-"""
-
-from __future__ import annotations
+"""Label-free checkpoint selection with RankMe, which often peaks at initialisation: monitors that skip the warm-up."""
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from rankme.callback import _check_number, _expect, _is_number, _warn
-from rankme.functional import _check_bool, _check_int
-
-__all__ = ["RankMeCollapseGuard", "WarmupEarlyStopping", "WarmupModelCheckpoint"]
+from rankme.callback import _check_number, _expect, _warn
+from rankme.functional import _check_bool
 
 
 class _IgnoresWarmup(Callback):
@@ -26,39 +17,33 @@ class _IgnoresWarmup(Callback):
 
     def __init__(self, *, start_epoch: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        try:
-            _check_int("start_epoch", start_epoch, 0, allow_none=True)
-        except ValueError as err:
-            raise MisconfigurationException(str(err)) from err
-        self.start_epoch, self._start = start_epoch, start_epoch or 0
+        self.start_epoch, self._start = start_epoch, self._epoch(start_epoch, "argument `start_epoch`")
 
-    def _in_warmup(self, trainer: Trainer) -> bool:
-        return trainer.current_epoch < self._start
+    def _epoch(self, value: Any, what: str) -> int:
+        """``value`` (None: 0); a MisconfigurationException naming ``what`` unless it is None or an int >= 0."""
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise MisconfigurationException(f"Expected {what} to be None or an int >= 0, but got {value!r}.")
+        return value or 0
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if self.start_epoch is not None:
-            return
-        warmup, owner = pl_module.hparams.get("warmup_epochs"), type(pl_module).__name__
-        if warmup is None and stage == "fit":
-            _warn(
-                f"{type(self).__name__}(start_epoch=None): {owner} has no `warmup_epochs` hyperparameter, so every"
-                " epoch counts, from 0; RankMe often peaks there. Pass `start_epoch=`."
-            )
-        if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0):
-            raise MisconfigurationException(
-                f"Expected hyperparameter `warmup_epochs` of {owner} (start_epoch=None) to be an int >= 0, but got"
-                f" {warmup!r}."
-            )
-        self._start = warmup or 0
+        if self.start_epoch is None:
+            warmup, owner = pl_module.hparams.get("warmup_epochs"), type(pl_module).__name__
+            self._start = self._epoch(warmup, f"hyperparameter `warmup_epochs` of {owner} (start_epoch=None)")
+            if warmup is None and stage == "fit":
+                _warn(
+                    f"{type(self).__name__}(start_epoch=None): {owner} has no `warmup_epochs` hyperparameter, so"
+                    " every epoch counts, from 0; RankMe often peaks there. Pass `start_epoch=`."
+                )
+
+    @override
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        return super()._generate_state_key(**kwargs, start_epoch=self.start_epoch)  # the stock key, plus start_epoch
 
 
 class WarmupModelCheckpoint(_IgnoresWarmup, ModelCheckpoint):
-    """A ``ModelCheckpoint`` that neither saves nor ranks checkpoints before ``start_epoch``.
-
-    During the warm-up nothing is written or ranked (top-k, step- or time-triggered, ``save_last``); only
-    ``save_on_exception`` still saves a crash record. From ``start_epoch`` on it is the stock callback.
+    """A ``ModelCheckpoint`` that neither saves (``save_last`` too) nor ranks before ``start_epoch``, crash saves aside.
 
     Args:
         start_epoch: the first epoch that counts; None: the module's ``warmup_epochs`` (0 without one).
@@ -69,34 +54,21 @@ class WarmupModelCheckpoint(_IgnoresWarmup, ModelCheckpoint):
 
     Example:
         >>> from rankme import WarmupModelCheckpoint
-        >>> checkpoint = WarmupModelCheckpoint(start_epoch=10, monitor="rankme", mode="max", save_top_k=-1)
-        >>> checkpoint.start_epoch, checkpoint.monitor
-        (10, 'rankme')
+        >>> WarmupModelCheckpoint(start_epoch=10, monitor="rankme", mode="max", save_top_k=-1).start_epoch
+        10
     """
 
     _ran_past_warmup = False  # whether the last epoch run counts: current_epoch is one past it at on_train_end
 
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(
-            monitor=self.monitor,
-            mode=self.mode,
-            every_n_train_steps=self._every_n_train_steps,
-            every_n_epochs=self._every_n_epochs,
-            train_time_interval=self._train_time_interval,
-            start_epoch=self.start_epoch,
-        )
-
     @override
     def _should_skip_saving_checkpoint(self, trainer: Trainer) -> bool:
         # every save and every ranking of ModelCheckpoint asks this first
-        return self._in_warmup(trainer) or super()._should_skip_saving_checkpoint(trainer)
+        return trainer.current_epoch < self._start or super()._should_skip_saving_checkpoint(trainer)
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
-        self._ran_past_warmup = not self._in_warmup(trainer)
+        self._ran_past_warmup = trainer.current_epoch >= self._start
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -105,10 +77,7 @@ class WarmupModelCheckpoint(_IgnoresWarmup, ModelCheckpoint):
 
 
 class WarmupEarlyStopping(_IgnoresWarmup, EarlyStopping):
-    """An ``EarlyStopping`` that ignores every epoch before ``start_epoch``.
-
-    During the warm-up nothing is checked (best score, patience, thresholds, ``check_finite``); from ``start_epoch``
-    on it is the stock callback.
+    """An ``EarlyStopping`` that checks nothing (patience, thresholds, ``check_finite``) before ``start_epoch``.
 
     Args:
         start_epoch: the first epoch that counts; None: the module's ``warmup_epochs`` (0 without one).
@@ -119,41 +88,17 @@ class WarmupEarlyStopping(_IgnoresWarmup, EarlyStopping):
 
     Example:
         >>> from rankme import WarmupEarlyStopping
-        >>> stopping = WarmupEarlyStopping(start_epoch=10, monitor="rankme", mode="max", patience=10)
-        >>> stopping.start_epoch, stopping.patience
-        (10, 10)
+        >>> WarmupEarlyStopping(start_epoch=10, monitor="rankme", mode="max", patience=10).start_epoch
+        10
     """
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(monitor=self.monitor, mode=self.mode, start_epoch=self.start_epoch)
 
     @override
     def _should_skip_check(self, trainer: Trainer) -> bool:
-        # both of EarlyStopping's hooks ask this before any check
-        return self._in_warmup(trainer) or super()._should_skip_check(trainer)
-
-
-def _none_or(ok: Callable[[Any], bool]) -> Callable[[object], bool]:
-    return lambda value: value is None or ok(value)
-
-
-_EPOCH = _none_or(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)
-_GUARD_STATE = {  # the saved fields and their valid values
-    "best_value": _none_or(lambda v: _is_number(v) and math.isfinite(v)),
-    "best_epoch": _EPOCH,
-    "stopped_epoch": _EPOCH,
-    "stopping_reason": _none_or(lambda v: isinstance(v, str)),
-}
+        return trainer.current_epoch < self._start or super()._should_skip_check(trainer)  # both hooks ask this first
 
 
 class RankMeCollapseGuard(_IgnoresWarmup):
-    """Stop training when RankMe collapses: it falls well below the run's own best, or to about 1.
-
-    From ``start_epoch`` on it keeps the best value of ``monitor`` and stops the run (on every rank) when the value is
-    below ``fraction`` x that best or at most ``min_value``, or, at any epoch, not finite; a run that starts low and
-    rises is never stopped. It says why in a :class:`rankme.RankMeWarning` and in ``stopping_reason``.
+    """Stop every rank when RankMe falls well below the run's own best or to about 1, saying why in a RankMeWarning.
 
     Args:
         monitor: the key logged by :class:`rankme.RankMeCallback` (its ``name``).
@@ -167,10 +112,11 @@ class RankMeCollapseGuard(_IgnoresWarmup):
 
     Example:
         >>> from rankme import RankMeCollapseGuard
-        >>> guard = RankMeCollapseGuard(monitor="rankme", start_epoch=5, fraction=0.5)
-        >>> guard.best_value is None
+        >>> RankMeCollapseGuard(monitor="rankme", start_epoch=5, fraction=0.5).best_value is None
         True
     """
+
+    _SAVED: ClassVar[dict[str, Any]] = dict(best_value=float, best_epoch=int, stopped_epoch=int, stopping_reason=str)
 
     def __init__(
         self,
@@ -194,14 +140,13 @@ class RankMeCollapseGuard(_IgnoresWarmup):
         self.best_epoch: int | None = None
         self.stopped_epoch: int | None = None
         self.stopping_reason: str | None = None
+        """Why the run was stopped (also in a :class:`rankme.RankMeWarning`); None if it was not."""
         self._warned_missing = False
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(
-            monitor=self.monitor, start_epoch=self.start_epoch, fraction=self.fraction, min_value=self.min_value
-        )
+        return self._generate_state_key(monitor=self.monitor, fraction=self.fraction, min_value=self.min_value)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -216,7 +161,7 @@ class RankMeCollapseGuard(_IgnoresWarmup):
                     f" {sorted(trainer.callback_metrics)}); set `monitor` to the RankMeCallback's `name`."
                 )
             return
-        reason = self._reason_to_stop(float(torch.as_tensor(current).squeeze()), epoch)
+        reason = self._reason_to_stop(float(current), epoch)
         if trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
             trainer.should_stop, self.stopped_epoch = True, epoch
             self.stopping_reason = reason or f"another rank saw {self.monitor} collapse"
@@ -240,13 +185,16 @@ class RankMeCollapseGuard(_IgnoresWarmup):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _GUARD_STATE}
+        return {name: getattr(self, name) for name in self._SAVED}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the best value; a malformed saved state gives a warning and a fresh start, never a failed resume."""
-        ok = isinstance(state_dict, Mapping) and all(valid(state_dict.get(k)) for k, valid in _GUARD_STATE.items())
+        ok = isinstance(state_dict, dict) and all(  # each saved field None or of its type, numbers finite and >= 0
+            (v := state_dict.get(k)) is None or (type(v) is t and (t is str or (math.isfinite(v) and v >= 0)))
+            for k, t in self._SAVED.items()
+        )
         if not ok:
             _warn(f"RankMeCollapseGuard(monitor={self.monitor!r}) could not restore {state_dict!r}; it starts afresh.")
-        for name in _GUARD_STATE:
+        for name in self._SAVED:
             setattr(self, name, state_dict.get(name) if ok else None)

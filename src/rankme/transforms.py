@@ -1,7 +1,4 @@
-"""Ready ``transform=`` functions for :class:`rankme.RankMeCallback`: common encoder outputs to (batch, D) rows.
-
-Each is typed ``-> torch.Tensor`` (LightningCLI: ``transform: rankme.transforms.first``); bad input: a one-line error.
-"""
+"""Ready ``transform=`` functions for :class:`rankme.RankMeCallback` (LightningCLI: ``rankme.transforms.first``)."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from common import median_time, rankme_of_spectrum
 from torch import Tensor
 
 from rankme import RankMe, RankMeWarning
-from rankme.metric import _add_gram_
+from rankme.metric import _TUNER, _add_gram_
 
 
 def _value(s: Tensor) -> float:
@@ -102,7 +102,7 @@ def _routes(batch: int) -> dict[str, Callable[[Tensor], float]]:
     def f32_acc(z: Tensor, f64_eig: bool) -> float:
         gram = torch.zeros(z.shape[1], z.shape[1], device=z.device)
         for chunk in z.split(batch):
-            _add_gram_(gram, chunk)
+            _add_gram_(gram, chunk, _TUNER.default(gram.device, gram.shape[0]))
         return _from_gram(gram.double() if f64_eig else gram, z.shape[0])
 
     def f32_products(z: Tensor) -> float:
@@ -165,19 +165,19 @@ def precision_speed(ds: Sequence[int], batch: int = 512, steps: int = 8, repeats
         def f64(g64: Tensor = g64, pool: list[Tensor] = pool) -> None:
             for step in range(steps):
                 z = pool[step % 4].double()
-                _add_gram_(g64, z)
+                _add_gram_(g64, z, _TUNER.default(g64.device, g64.shape[0]))
 
         def f32(g32: Tensor = g32, pool: list[Tensor] = pool) -> None:
             for step in range(steps):
                 z = pool[step % 4]
-                _add_gram_(g32, z)
+                _add_gram_(g32, z, _TUNER.default(g32.device, g32.shape[0]))
 
         pool64 = [z.double() for z in pool]
 
         def f64_bare(g64: Tensor = g64, pool64: list[Tensor] = pool64) -> None:
             for step in range(steps):
                 z = pool64[step % 4]
-                _add_gram_(g64, z)
+                _add_gram_(g64, z, _TUNER.default(g64.device, g64.shape[0]))
 
         def tf32(f32: Callable[[], None] = f32) -> None:
             with tf32_products():

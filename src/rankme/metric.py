@@ -15,44 +15,23 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from rankme.functional import (
-    DEFAULT_EPS,
-    RankMeNoSamplesError,
-    RankMeWarning,
-    _abs_max,
-    _check_bool,
-    _check_embeddings,
-    _check_eps,
-    _check_int,
-    _effective_rank,
-    _power_of_two_scale,
-    _singular_values,
-    _warn,
-    _warn_capped,
-    rankme,
-)
+from rankme import functional as fn
+from rankme.functional import DEFAULT_EPS, RankMeNoSamplesError, RankMeWarning, rankme
 
 Mode = Literal["gram", "embeddings"]
 NanStrategy = Literal["error", "ignore", "propagate"]
 _CHOICES = {"mode": get_args(Mode), "nan_strategy": get_args(NanStrategy)}
-_TRIANGLE_MIN_FEATURES = 256  # below this D the lower-triangle product saves nothing: one full product
 _BUFFER_ROWS = 2048
 """Rows gathered (float64) before one product: small GEMMs run well below the machine's float64 rate."""
 
 
-def _default_block(num_features: int) -> int | None:
-    """The leaf size before the machine is measured at this D: ``max(64, D // 8)``, or None (full) below 256."""
-    return None if num_features < _TRIANGLE_MIN_FEATURES else max(64, num_features // 8)
-
-
-def _add_gram_(gram: Tensor, rows: Tensor, block: int | None = 0) -> None:
+def _add_gram_(gram: Tensor, rows: Tensor, block: int | None) -> None:
     """``gram += rows^T rows`` on and below the diagonal, in place; the strictly upper part is left stale.
 
     The lower triangle of ``X^T X`` for ``X = [X1 X2]`` is one GEMM ``X2^T X1`` plus the lower triangles of
-    ``X1^T X1`` and ``X2^T X2``, split the same way down to full products of at most ``block`` features (``0``:
-    :func:`_default_block`; ``None``: one full product). Every reader (``eigvalsh``, sums) uses the lower triangle.
+    ``X1^T X1`` and ``X2^T X2``, split the same way down to full products of at most ``block`` features (None: one
+    full product). Every reader (``eigvalsh``, sums) uses the lower triangle alone.
     """
-    block = _default_block(rows.shape[1]) if block == 0 else block
 
     def lower(lo: int, hi: int) -> None:
         if block is None or hi - lo <= block:
@@ -77,15 +56,13 @@ class _BlockTuner:
         self.timings: dict[tuple[str, int], dict[int | None, list[float]]] = {}
 
     @staticmethod
-    def candidates(num_features: int) -> list[int | None]:
-        """The full product, and leaves of D/32 to D/2 features (at least 64) from D=256 on."""
-        if num_features < _TRIANGLE_MIN_FEATURES:
-            return [None]
-        return [None, *sorted({leaf for parts in (32, 16, 8, 4, 2) if (leaf := num_features // parts) >= 64})]
+    def candidates(d: int) -> list[int | None]:
+        """The full product; from D=256 on (below, the triangle saves nothing) also leaves of D/32 to D/2, >= 64."""
+        return [None, *sorted({leaf for parts in (32, 16, 8, 4, 2) if (leaf := d // parts) >= 64 and d >= 256})]
 
-    def default(self, device: torch.device, num_features: int) -> int | None:
-        """The leaf size for an untimed product: the choice once made, else :func:`_default_block`."""
-        return self.choice.get((device.type, num_features), _default_block(num_features))
+    def default(self, device: torch.device, d: int) -> int | None:
+        """The leaf for an untimed product: the choice once made, else ``max(64, D // 8)`` (full below D=256)."""
+        return self.choice.get((device.type, d), max(64, d // 8) if d >= 256 else None)
 
     def add_gram_(self, gram: Tensor, rows: Tensor, timed: bool) -> None:
         """:func:`_add_gram_` at this D's leaf; a ``timed`` product (a full buffer or more) may try a candidate."""
@@ -112,16 +89,11 @@ _TUNER = _BlockTuner()
 class RankMeSummary(NamedTuple):
     """Everything one synchronised compute knows: the value, the spectrum and the sizes."""
 
-    value: Tensor
-    """0-dim tensor of the default float dtype: RankMe."""
-    singular_values: Tensor
-    """float64 tensor of the min(N, D) singular values, descending, in the units of the input."""
-    num_samples: int
-    """N, the rows accumulated over all ranks."""
-    num_features: int
-    """D, the features per row."""
-    non_finite_batches: int = 0
-    """Batches left out for holding NaN or infinity (``nan_strategy="propagate"``); ``value`` is NaN when > 0."""
+    value: Tensor  # 0-dim, of the default float dtype: RankMe
+    singular_values: Tensor  # float64, the min(N, D) singular values, descending, in the units of the input
+    num_samples: int  # N, the rows accumulated over all ranks
+    num_features: int  # D, the features per row
+    non_finite_batches: int = 0  # batches left out for NaN or infinity (nan_strategy="propagate"): value is NaN
 
     @property
     def normalized(self) -> float:
@@ -152,12 +124,9 @@ class RankMe(Metric):
         metric_kwargs: passed to :class:`torchmetrics.Metric` (``process_group``, ``sync_on_compute``, ...).
 
     Raises:
-        ValueError: for an unknown ``mode`` or ``nan_strategy``, ``eps`` outside [0, 1e-2], ``max_samples < 1``
-            or a ``center`` that is not a bool.
+        ValueError: for any argument outside the ranges above.
 
     Example:
-        >>> import torch
-        >>> from rankme import RankMe
         >>> metric = RankMe()
         >>> for batch in torch.eye(8).split(3):
         ...     metric.update(batch)
@@ -193,9 +162,9 @@ class RankMe(Metric):
         for name, value in (("mode", mode), ("nan_strategy", nan_strategy)):
             if value not in _CHOICES[name]:
                 raise ValueError(f"Expected argument `{name}` to be one of {_CHOICES[name]}, but got {value!r}.")
-        _check_eps(eps)
-        _check_int("max_samples", max_samples, 1, allow_none=True, hint=" (the paper uses 25600)")
-        _check_bool("center", center)
+        fn._check_eps(eps)
+        fn._check_int("max_samples", max_samples, 1, allow_none=True, hint=" (the paper uses 25600)")
+        fn._check_bool("center", center)
         self.mode, self.eps, self.center = mode, float(eps), center
         self.max_samples, self.nan_strategy = max_samples, nan_strategy
         self._warned_capped = False
@@ -252,15 +221,15 @@ class RankMe(Metric):
         return max(quota - int(self.num_rows), 0)
 
     def update(self, z: Tensor) -> None:
-        """Add a (batch, D) tensor of embeddings; no autograd graph is kept.
+        """Add a (batch, D) tensor of embeddings (detached).
 
         Raises:
             ValueError: if ``z`` is not a dense, real floating-point 2-D tensor, its D differs from earlier batches,
-                or it holds NaN or infinity under ``nan_strategy="error"``. The state is then left as it was.
+                or it holds NaN or infinity under ``nan_strategy="error"``; the state is left as it was.
         """
-        _check_embeddings(z, self.num_features)
+        fn._check_embeddings(z, self.num_features)
         z = z.detach()
-        abs_max = _abs_max(z).to(self.device)  # the batch's scale and its finiteness test
+        abs_max = fn._abs_max(z).to(self.device)  # the batch's scale and its finiteness test
         if self.mode == "gram" and not self.center and self.max_samples is None and self.nan_strategy == "propagate":
             finite = torch.isfinite(abs_max)  # stays on the device: a bad batch is queued as zeros and counted
             self._size_states(z.shape[1])
@@ -279,13 +248,13 @@ class RankMe(Metric):
                     f"Expected finite embeddings, but {dropped} of {z.shape[0]} rows hold NaN or infinity; nothing"
                     " from this batch was added. Pass `nan_strategy='ignore'` to drop such rows instead."
                 )
-            _warn(f"Dropped {dropped} of {z.shape[0]} rows holding NaN or infinity.")
+            fn._warn(f"Dropped {dropped} of {z.shape[0]} rows holding NaN or infinity.")
             z = z[finite]
-            abs_max = _abs_max(z).to(self.device)
+            abs_max = fn._abs_max(z).to(self.device)
         room = self._room()
         if room is not None and z.shape[0] > room:
             z = z[:room]
-            abs_max = _abs_max(z).to(self.device)
+            abs_max = fn._abs_max(z).to(self.device)
 
         self._size_states(z.shape[1])
         if self.mode == "embeddings":
@@ -294,7 +263,7 @@ class RankMe(Metric):
         elif not self.center:
             self._queue(z, abs_max)
         elif z.shape[0]:
-            self._rescale_to(torch.maximum(self.scale, _power_of_two_scale(abs_max)))
+            self._rescale_to(torch.maximum(self.scale, fn._power_of_two_scale(abs_max)))
             z64 = z.to(device=self.device, dtype=torch.float64) * torch.where(self.scale > 0, 1 / self.scale, 0.0)
             deviations = z64 - z64[0]  # about the first row first: identical rows give an exactly zero scatter
             deviation_mean = deviations.mean(dim=0)
@@ -307,39 +276,37 @@ class RankMe(Metric):
     def _queue(self, z: Tensor, abs_max: Tensor, finite: Tensor | None = None) -> None:
         """Cast a batch into the row buffer, multiplied in when full; a non-``finite`` one as zeros. No host read."""
         n, room = z.shape[0], _BUFFER_ROWS - self._rows_filled
-        if 0 < n < _BUFFER_ROWS and n > room:  # fill the buffer to the brim, so every buffered product is full size
+        if room < n < _BUFFER_ROWS:  # fill the buffer to the brim, so that every buffered product is full size
             self._queue(z[:room], abs_max, finite)
-            self._queue(z[room:], abs_max, finite)
-            return
-        if n >= _BUFFER_ROWS:
+            z = z[room:]
+        if (n := z.shape[0]) >= _BUFFER_ROWS:  # its own product, on a copy (_flush may scale it in place)
             self._flush()
-            rows = z.to(device=self.device, dtype=torch.float64, copy=True)  # a copy: _fold may scale it in place
+            rows = z.to(device=self.device, dtype=torch.float64, copy=True)
         elif n:
             if self._rows is None:
                 self._rows = torch.empty(_BUFFER_ROWS, z.shape[1], dtype=torch.float64, device=self.device)
             rows = self._rows[self._rows_filled : self._rows_filled + n].copy_(z)
-        if n and finite is not None:
+        else:
+            return
+        if finite is not None:
             rows.masked_fill_(~finite, 0.0)
             abs_max = torch.where(finite, abs_max, 0.0)
-        if n:
-            self._rows_abs_max = torch.maximum(self._rows_abs_max.to(self.device), abs_max)
-            self._rows_wide = self._rows_wide or z.element_size() > 4
-            self._rows_filled += n
-        if self._rows_filled == _BUFFER_ROWS or n >= _BUFFER_ROWS:
+        self._rows_abs_max = torch.maximum(self._rows_abs_max.to(self.device), abs_max)
+        self._rows_wide, self._rows_filled = self._rows_wide or z.element_size() > 4, self._rows_filled + n
+        if self._rows_filled >= _BUFFER_ROWS:
             self._flush(rows if n >= _BUFFER_ROWS else None)
 
     def _flush(self, rows: Tensor | None = None) -> None:
         """Multiply the queued rows (or ``rows``) into the Gram matrix: before anything reads, syncs or saves the state.
 
-        Float32 and narrower values are multiplied as they are while the state is in units of 1 (their squares and
-        sums stay far inside float64's range); otherwise the state and the rows are first rescaled, exactly, to a
-        power of two that covers the largest ``|z|`` (float64 values may square past its range).
+        Float32 and narrower rows go in as they are while the state is in units of 1: their squares cannot leave
+        float64's range. Otherwise state and rows are first rescaled, exactly, to a power of two covering max |z|.
         """
         if rows is None and (self._rows is None or not self._rows_filled):
             return
         rows = self._rows[: self._rows_filled] if rows is None else rows  # type: ignore[index]
         if self._rows_wide or not self._unit_scale:
-            scale = torch.maximum(self.scale, _power_of_two_scale(self._rows_abs_max))
+            scale = torch.maximum(self.scale, fn._power_of_two_scale(self._rows_abs_max))
             self.gram.mul_(torch.where(scale > 0, self.scale / scale, 1.0) ** 2)
             rows.mul_(torch.where(scale > 0, 1 / scale, 0.0))
             self.scale, self._unit_scale = scale, False
@@ -390,20 +357,20 @@ class RankMe(Metric):
             )
         if num_samples < num_features and not self._warned_capped:
             self._warned_capped = True
-            _warn_capped(num_samples, num_features, self._is_synced, self.process_group)
+            fn._warn_capped(num_samples, num_features, self._is_synced, self.process_group)
         if self.mode == "gram":  # eigvalsh reads the lower triangle; its eigenvalues ascend
             eigenvalues = torch.linalg.eigvalsh(self.gram, UPLO="L").flip(0)[: min(num_samples, num_features)]
             singular_values, scale = eigenvalues.clamp(min=0).sqrt(), self.scale
         else:
-            singular_values, scale = _singular_values(dim_zero_cat(self.embeddings), self.center)
-        value = _effective_rank(singular_values, self.eps, self._is_synced, self.process_group)
+            singular_values, scale = fn._singular_values(dim_zero_cat(self.embeddings), self.center)
+        value = fn._effective_rank(singular_values, self.eps, self._is_synced, self.process_group)
         return RankMeSummary(value.to(torch.get_default_dtype()), singular_values * scale, num_samples, num_features)
 
     def compute(self) -> Tensor:
         """RankMe of every row on every rank, a 0-dim tensor; a collective. Raises RankMeNoSamplesError without rows."""
         summary = self._local_summary()
         if summary.non_finite_batches:
-            _warn(
+            fn._warn(
                 f"RankMe is NaN: {summary.non_finite_batches} batches held NaN or infinity and were left out"
                 " (nan_strategy='propagate').",
                 self._is_synced,
@@ -426,8 +393,6 @@ class RankMe(Metric):
         Returns the matplotlib ``(Figure, Axes)``; raises ``ModuleNotFoundError`` without matplotlib.
 
         Example:
-            >>> import torch
-            >>> from rankme import RankMe
             >>> fig, ax = RankMe().plot([torch.tensor(3.0), torch.tensor(4.5)])  # doctest: +SKIP
         """
         _pyplot()
@@ -440,8 +405,6 @@ class RankMe(Metric):
         Returns the matplotlib ``(Figure, Axes)``; raises ``ModuleNotFoundError`` without matplotlib.
 
         Example:
-            >>> import torch
-            >>> from rankme import RankMe
             >>> metric = RankMe()
             >>> metric.update(torch.randn(256, 32))
             >>> fig, ax = metric.plot_spectrum()  # doctest: +SKIP
@@ -584,7 +547,5 @@ def _pyplot() -> Any:
     try:
         import matplotlib.pyplot as plt
     except ImportError as err:
-        raise ModuleNotFoundError(
-            "Plotting RankMe needs matplotlib, which rankme does not install: `pip install matplotlib`."
-        ) from err
+        raise ModuleNotFoundError("RankMe's plots need matplotlib: `pip install matplotlib`.") from err
     return plt

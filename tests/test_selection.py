@@ -571,3 +571,14 @@ def test_lightning_cli_fit_with_warmup_from_the_model(tmp_path: Path) -> None:
     assert saved_epoch(checkpoint.best_model_path) == best_epoch(values[: stop + 1], 2)
     assert {saved_epoch(p) for p in Path(checkpoint.dirpath).iterdir()} == set(range(2, stop + 1))
     assert cli.trainer.current_epoch == stop + 1  # the guard saw no collapse
+
+
+def test_state_keys_match_the_ones_in_earlier_checkpoints() -> None:
+    # Lightning finds a callback's saved state by this exact string: a new order would drop the state on resume.
+    guard = RankMeCollapseGuard(monitor="rankme", start_epoch=2)
+    assert (
+        guard.state_key
+        == "RankMeCollapseGuard{'monitor': 'rankme', 'start_epoch': 2, 'fraction': 0.5, 'min_value': None}"
+    )
+    stopping = WarmupEarlyStopping(monitor="rankme", mode="max", start_epoch=2)
+    assert stopping.state_key == "WarmupEarlyStopping{'monitor': 'rankme', 'mode': 'max', 'start_epoch': 2}"

@@ -1,12 +1,6 @@
-"""rankme: label-free monitoring of self-supervised representations with RankMe.
+"""rankme: label-free monitoring of self-supervised representations with RankMe (Garrido et al., ICML 2023).
 
-RankMe (Garrido, Balestriero, Najman, LeCun, ICML 2023) is the effective rank of an encoder's
-embeddings: about 1 for a collapsed encoder, up to min(N, D) for one that uses every dimension.
-
->>> import torch
->>> from rankme import rankme
->>> round(rankme(torch.eye(4)).item(), 3)
-4.0
+RankMe is the effective rank of an encoder's embeddings: about 1 for a collapsed encoder, up to min(N, D).
 """
 
 import importlib
@@ -19,26 +13,13 @@ if TYPE_CHECKING:
     from rankme.callback import RankMeCallback
     from rankme.selection import RankMeCollapseGuard, WarmupEarlyStopping, WarmupModelCheckpoint
 
-__all__ = [
-    "RankMe",
-    "RankMeCallback",
-    "RankMeCollapseGuard",
-    "RankMeNoSamplesError",
-    "RankMeSummary",
-    "RankMeWarning",
-    "WarmupEarlyStopping",
-    "WarmupModelCheckpoint",
-    "rankme",
-]
+__all__ = ["RankMe", "RankMeCallback", "RankMeCollapseGuard", "RankMeNoSamplesError", "RankMeSummary"]
+__all__ += ["RankMeWarning", "WarmupEarlyStopping", "WarmupModelCheckpoint", "rankme"]
 __version__ = "0.1.0"
 
 # These import lightning (seconds): load them only when asked, so the metric and the CLI start fast.
-_LIGHTNING_NAMES = {
-    "RankMeCallback": "rankme.callback",
-    "RankMeCollapseGuard": "rankme.selection",
-    "WarmupEarlyStopping": "rankme.selection",
-    "WarmupModelCheckpoint": "rankme.selection",
-}
+_IN_SELECTION = ("RankMeCollapseGuard", "WarmupEarlyStopping", "WarmupModelCheckpoint")
+_LIGHTNING_NAMES = {"RankMeCallback": "rankme.callback"} | dict.fromkeys(_IN_SELECTION, "rankme.selection")
 
 
 def __getattr__(name: str) -> Any:

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 from typing_extensions import override
 
-from rankme.functional import DEFAULT_EPS, RankMeNoSamplesError, RankMeWarning, _check_bool, _check_int
+from rankme import functional as fn
+from rankme.functional import DEFAULT_EPS, RankMeNoSamplesError, RankMeWarning
 from rankme.metric import Mode, RankMe, RankMeSummary
 
 if TYPE_CHECKING:
@@ -30,20 +31,6 @@ if TYPE_CHECKING:
 
 def _warn(message: str) -> None:
     rank_zero_warn(message, category=RankMeWarning)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _expect(ok: bool, name: str, expected: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"Expected argument `{name}` to be {expected}, but got {value!r}.")
-
-
-def _check_number(name: str, value: object, expected: str, within: Callable[[float], bool]) -> None:
-    ok = value is None or (_is_number(value) and math.isfinite(value) and within(value))  # type: ignore[arg-type]
-    _expect(ok, name, f"None or {expected}", value)
 
 
 class RankMeCallback(Callback):
@@ -68,8 +55,6 @@ class RankMeCallback(Callback):
         MisconfigurationException: if not exactly one of ``module`` and ``output_key`` is given, or a setting is bad.
 
     Example:
-        >>> from lightning.pytorch import Trainer
-        >>> from rankme import RankMeCallback
         >>> trainer = Trainer(callbacks=[RankMeCallback(module="backbone")], logger=False, enable_progress_bar=False)
     """
 
@@ -94,14 +79,15 @@ class RankMeCallback(Callback):
             if (module is None) == (output_key is None):
                 raise ValueError(f"Pass exactly one source, `module=` or `output_key=`; got {module=}, {output_key=}.")
             for arg, value in (("module", module), ("output_key", output_key), ("name", name)):
-                _expect(value is None or (isinstance(value, str) and value != ""), arg, "a non-empty str", value)
-            _check_int("dataloader_idx", dataloader_idx, 0)
-            _check_int("every_n_epochs", every_n_epochs, 1)
-            _check_bool("log_spectrum", log_spectrum)
-            _check_bool("prog_bar", prog_bar)
-            _expect(transform is None or callable(transform), "transform", "callable", transform)
-            _check_number("collapse_threshold", collapse_threshold, "a float in (0, 1]", lambda v: 0 < v <= 1)
-            _expect(calls_per_batch in (None, "all", "first"), "calls_per_batch", "'all' or 'first'", calls_per_batch)
+                fn._expect(value is None or (isinstance(value, str) and value != ""), arg, "a non-empty str", value)
+            fn._check_int("dataloader_idx", dataloader_idx, 0)
+            fn._check_int("every_n_epochs", every_n_epochs, 1)
+            fn._check_bool("log_spectrum", log_spectrum)
+            fn._check_bool("prog_bar", prog_bar)
+            fn._expect(transform is None or callable(transform), "transform", "callable", transform)
+            fn._check_number("collapse_threshold", collapse_threshold, "a float in (0, 1]", lambda v: 0 < v <= 1)
+            choices = (None, "all", "first")
+            fn._expect(calls_per_batch in choices, "calls_per_batch", f"one of {choices}", calls_per_batch)
             if calls_per_batch is not None and module is None:
                 raise ValueError("`calls_per_batch` applies to `module=` only; leave it unset with `output_key=`.")
             self.metric = RankMe(mode=mode, eps=eps, center=center, max_samples=max_samples, nan_strategy="propagate")
@@ -160,10 +146,10 @@ class RankMeCallback(Callback):
             return pl_module.get_submodule(target)
         except AttributeError:
             names = [name for name, _ in pl_module.named_modules() if name]
-            close = difflib.get_close_matches(target, names, n=5, cutoff=0.4) or names[:20]
-            raise MisconfigurationException(
-                f"{self._describe()}: {type(pl_module).__name__} has no such submodule. Did you mean one of {close}?"
-            ) from None
+            close = difflib.get_close_matches(target, names, n=5, cutoff=0.4)
+            hint = f"Did you mean one of {close}?" if close else f"Its submodules are {names[:20]}."
+            what = f"{self._describe()}: {type(pl_module).__name__} has no such submodule"
+            raise MisconfigurationException(f"{what}. {hint}") from None
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -203,11 +189,12 @@ class RankMeCallback(Callback):
         self._update(output, f"the output of submodule {self.module!r}")
 
     @override
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *_: Any) -> None:
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
         if self.output_key is not None and self._in_monitored_batch:
             if not isinstance(outputs, Mapping) or self.output_key not in outputs:
-                got = f"keys {list(outputs)}" if isinstance(outputs, Mapping) else type(outputs).__name__
-                raise MisconfigurationException(f"{self._describe()}: validation_step's dict lacks the key; got {got}.")
+                got = f"a dict of keys {list(outputs)}" if isinstance(outputs, Mapping) else type(outputs).__name__
+                fix = "validation_step must return a dict holding the embeddings under that key"
+                raise MisconfigurationException(f"{self._describe()}: {fix}; it returned {got}.")
             self._update(outputs[self.output_key], f"validation_step's output[{self.output_key!r}]")
         self._in_monitored_batch = False
 
@@ -338,16 +325,18 @@ def _is_list_of(kind: type) -> Callable[[object], bool]:
     return lambda value: isinstance(value, list) and all(isinstance(item, kind) for item in value)
 
 
-_SAVED_FIELDS: dict[str, dict[str, Callable[[object], bool]]] = {
-    "history": dict.fromkeys(("epoch", "global_step", "value", "normalized", "num_samples"), _is_number),
-    "spectra": {"epoch": _is_number, "global_step": _is_number, "k": _is_list_of(int), "values": _is_list_of(float)},
+_WHEN: dict[str, Callable[[object], bool]] = dict.fromkeys(("epoch", "global_step"), fn._is_number)
+_SAVED_FIELDS: dict[str, dict[str, Callable[[object], bool]]] = {  # the fields of each entry, and their check
+    "history": _WHEN | dict.fromkeys(("value", "normalized", "num_samples"), fn._is_number),
+    "spectra": _WHEN | {"k": _is_list_of(int), "values": _is_list_of(float)},
 }
 
 
 def _restored(state_dict: object, key: str, fields: dict[str, Callable[[object], bool]]) -> list[dict[str, Any]]:
     """The ``key`` list of a saved callback state (absent: empty); raises ValueError unless its entries fit."""
     if not isinstance(state_dict, Mapping) or not isinstance(entries := state_dict.get(key, []), list):
-        raise ValueError(f"expected a dict holding a list `{key}`, got {state_dict!r:.80}")
+        got = type(state_dict.get(key) if isinstance(state_dict, Mapping) else state_dict).__name__
+        raise ValueError(f"expected a dict holding a list `{key}`, got {got}")
     for position, entry in enumerate(entries):
         ok = isinstance(entry, Mapping) and set(entry) == set(fields) and all(f(entry[k]) for k, f in fields.items())
         if not ok or (key == "spectra" and not len(entry["k"]) == len(entry["values"]) > 0):

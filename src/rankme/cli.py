@@ -34,6 +34,8 @@ MAX_MEMORY_ENV = "RANKME_MAX_MEMORY"
 SUFFIXES = (".npy", ".npz", ".pt", ".pth")
 _MAX_NPY_HEADER = 65536  # np.save writes a few hundred bytes
 _COPIES = 3  # of the state (eigvalsh/svdvals copy it and need workspace) and of a block (bytes, float64, mask)
+_UNITS = {"": 1} | {unit: 1000**power for power, unit in enumerate("kmgt", 1)}
+_UNITS |= {unit + "i": 1024**power for power, unit in enumerate("kmgt", 1)}
 _LABELS = "integers are usually labels or indices saved by mistake"
 _MAGICS = {b"\x93NUMPY": "npy", b"PK\x03\x04": "zip", b"PK\x05\x06": "zip", b"\x80": "pickle"}  # \x80: pickle PROTO 2+
 _HINTS = {  # what a file's first bytes say it is, as advice
@@ -144,7 +146,8 @@ def _pick(name: str, key: str | None, shapes: Mapping[str, Any], described: Mapp
     two_d = [entry for entry, shape in shapes.items() if shape is not None and len(shape) == 2]
     if key is None and len(shapes) != 1 and (len(two_d) != 1 or None in shapes.values()):
         what = "several 2-D arrays" if len(two_d) > 1 else "no single 2-D array" if shapes else "no top-level array"
-        raise CliError(f"{name} holds {what} (entries: {listing}); pick one with --key NAME or save the array alone.")
+        fix = "pick one with --key NAME" if shapes else "save the embeddings as a top-level array"
+        raise CliError(f"{name} holds {what} (entries: {listing}); {fix}.")
     return key if key is not None else two_d[0] if len(shapes) > 1 else next(iter(shapes))
 
 
@@ -260,7 +263,7 @@ def open_embeddings(path: Path, key: str | None = None, max_memory: int = DEFAUL
             fp = stack.enter_context(path.open("rb"))  # kept for the .npy branch: peek leaves it at 0
             head = fp.peek(8)[:8]
             kind = next((k for magic, k in _MAGICS.items() if head.startswith(magic)), "unknown" if head else "empty")
-            if {".npy": "npy", ".npz": "zip"}.get(suffix, kind) != kind:
+            if (expected := {".npy": "npy", ".npz": "zip"}.get(suffix)) is not None and kind != expected:
                 raise CliError(f"{name} is not a NumPy {suffix} file: {_HINTS[kind]}.")
             if suffix == ".npy":
                 embeddings = _npy_embeddings(fp, name, None, path.stat().st_size, "np.save", max_memory)
@@ -293,7 +296,8 @@ def score(
     """
     (num_samples, num_features), row = embeddings.shape, _COPIES * 8 * embeddings.shape[1]
     state = {"gram": row * num_features, "embeddings": row * num_samples}
-    mode = min(state, key=state.__getitem__) if mode == "auto" else mode
+    if mode == "auto":  # the smaller state
+        mode = "gram" if num_features <= num_samples else "embeddings"
     if (needed := embeddings.resident_bytes + state[mode] + row) > max_memory:
         other = "embeddings" if mode == "gram" else "gram"
         fits = f" (--mode {other} would fit)" if needed - state[mode] + state[other] <= max_memory else ""
@@ -314,7 +318,8 @@ def score(
     try:
         summary = metric.summary()
     except (ValueError, RuntimeError) as exc:  # e.g. eigvalsh failing to converge
-        raise CliError(f"cannot compute RankMe of {embeddings.label} ({_detail(exc)}); try --mode embeddings.") from exc
+        fix = "rescale the values" + (", or try --mode embeddings" if mode == "gram" else "")
+        raise CliError(f"cannot compute RankMe of {embeddings.label} ({_detail(exc)}); {fix}.") from exc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RankMeWarning)  # summary() has already said it
         return summary._replace(value=_effective_rank(summary.singular_values, eps))
@@ -333,25 +338,26 @@ def _run_score(args: argparse.Namespace) -> str:
     value, n, d, key = float(result.value), result.num_samples, result.num_features, embeddings.key
     if args.json:
         record = {"rankme": value, "n": n, "d": d, "normalized": result.normalized, "file": _readable(args.file)}
-        return json.dumps(record | {"key": key and _readable(key)})
+        return json.dumps(record | {"key": None if key is None else _readable(key)})
     return f"RankMe      {value:.4f}\nN           {n}\nD           {d}\nnormalized  {result.normalized:.4f}"
 
 
 def _checked(convert: Callable[[str], Any], check: Callable[[Any], None], text: str) -> Any:
     """An argparse ``type=``: ``text`` converted (left as text if it cannot be), then one of the library's checks."""
+    value: Any = text
     with suppress(ValueError):
-        text = convert(text)
+        value = convert(text)
     try:
-        check(text)
+        check(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
-    return text
+    return value
 
 
 def _memory_size(text: str) -> int | str:
     """The bytes ``text`` says (``512MiB``, ``2G``, ``1e9``: kB to TB decimal, KiB to TiB binary), else ``text``."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*(?:([kmgt])(i?))?b?\s*", text.lower())
-    return int(float(match[1]) * (1024 if match[3] else 1000) ** " kmgt".index(match[2] or " ")) if match else text
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    return int(float(match[1]) * _UNITS[match[2] or ""]) if match else text
 
 
 _max_memory = partial(_checked, _memory_size, partial(_check_int, "max_memory", lowest=1, hint=" bytes, e.g. 4GiB"))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,25 +35,33 @@ class RankMeNoSamplesError(ValueError):
     """Raised when RankMe is asked for a value but no row of embeddings was accumulated on any process."""
 
 
-def _check_eps(eps: float) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= MAX_EPS:
-        raise ValueError(
-            f"Expected argument `eps` to be a float in [0, {MAX_EPS}] (the paper uses 1e-7; a larger eps pushes"
-            f" RankMe below its floor of 1), but got {eps!r}."
-        )
-
-
-def _check_int(name: str, value: object, lowest: int, allow_none: bool = False, hint: str = "") -> None:
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-        expected = f"{'None or ' if allow_none else ''}an int >= {lowest}{hint}"
+def _expect(ok: bool, name: str, expected: str, value: object) -> None:
+    """The one argument check: torchmetrics' "Expected argument `name` to be ..., but got ..." unless ``ok``."""
+    if not ok:
         raise ValueError(f"Expected argument `{name}` to be {expected}, but got {value!r}.")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_eps(eps: float) -> None:
+    why = "(the paper uses 1e-7; a larger eps pushes RankMe below its floor of 1)"
+    _expect(_is_number(eps) and 0 <= eps <= MAX_EPS, "eps", f"a float in [0, {MAX_EPS}] {why}", eps)
+
+
+def _check_int(name: str, value: object, lowest: int, allow_none: bool = False, hint: str = "") -> None:
+    ok = (allow_none and value is None) or (isinstance(value, int) and not isinstance(value, bool) and value >= lowest)
+    _expect(ok, name, f"{'None or ' if allow_none else ''}an int >= {lowest}{hint}", value)
+
+
 def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"Expected argument `{name}` to be a bool, but got {value!r}.")
+    _expect(isinstance(value, bool), name, "a bool", value)
+
+
+def _check_number(name: str, value: object, expected: str, within: Callable[[float], bool]) -> None:
+    ok = value is None or (_is_number(value) and math.isfinite(value) and within(value))  # type: ignore[arg-type]
+    _expect(ok, name, f"None or {expected}", value)
 
 
 def _check_embeddings(z: object, expected_features: int | None = None) -> None:
@@ -65,7 +75,8 @@ def _check_embeddings(z: object, expected_features: int | None = None) -> None:
     if z.is_meta:
         raise ValueError("Expected a tensor with values, but got one on the meta device: run the model on cpu or cuda.")
     if z.ndim != 2:
-        raise ValueError(f"Expected (batch, features) embeddings, but got a {z.ndim}-D tensor: flatten or pool them.")
+        fix = "pool or flatten them, e.g. `z.mean(dim=1)` for tokens" if z.ndim > 2 else "pass a (batch, features) one"
+        raise ValueError(f"Expected (batch, features) embeddings, but got a tensor of shape {tuple(z.shape)}; {fix}.")
     if not z.is_floating_point():
         hint = "Integers are usually labels or indices passed by mistake; if they are embeddings, pass `z.float()`."
         if z.dtype == torch.bool:

@@ -317,10 +317,7 @@ class RankMe(Metric):
         self._rows_abs_max = torch.zeros_like(self._rows_abs_max)
 
     def forward(self, z: Tensor) -> Tensor:
-        """:meth:`update`, then RankMe of this batch's finite rows alone on this process (NaN if none is left).
-
-        Unlike torchmetrics' generic ``forward``, the state is never reset around the batch, so a bad one loses nothing.
-        """
+        """:meth:`update`, then RankMe of this batch's finite rows alone (NaN if none); the state is never reset."""
         self.update(z)
         rows = z.detach()[torch.isfinite(z.detach()).all(dim=1)]
         if rows.shape[0] == 0:

@@ -8,8 +8,8 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from rankme.callback import _check_number, _expect, _warn
-from rankme.functional import _check_bool
+from rankme.callback import _warn
+from rankme.functional import _check_bool, _check_number, _expect
 
 
 class _IgnoresWarmup(Callback):
@@ -39,7 +39,7 @@ class _IgnoresWarmup(Callback):
 
     @override
     def _generate_state_key(self, **kwargs: Any) -> str:
-        return super()._generate_state_key(**kwargs, start_epoch=self.start_epoch)  # the stock key, plus start_epoch
+        return super()._generate_state_key(**{**kwargs, "start_epoch": self.start_epoch})  # the stock key + start_epoch
 
 
 class WarmupModelCheckpoint(_IgnoresWarmup, ModelCheckpoint):
@@ -53,7 +53,6 @@ class WarmupModelCheckpoint(_IgnoresWarmup, ModelCheckpoint):
         MisconfigurationException: if ``start_epoch``, or the ``warmup_epochs`` it stands for, is not an int >= 0.
 
     Example:
-        >>> from rankme import WarmupModelCheckpoint
         >>> WarmupModelCheckpoint(start_epoch=10, monitor="rankme", mode="max", save_top_k=-1).start_epoch
         10
     """
@@ -87,7 +86,6 @@ class WarmupEarlyStopping(_IgnoresWarmup, EarlyStopping):
         MisconfigurationException: if ``start_epoch``, or the ``warmup_epochs`` it stands for, is not an int >= 0.
 
     Example:
-        >>> from rankme import WarmupEarlyStopping
         >>> WarmupEarlyStopping(start_epoch=10, monitor="rankme", mode="max", patience=10).start_epoch
         10
     """
@@ -111,7 +109,6 @@ class RankMeCollapseGuard(_IgnoresWarmup):
         MisconfigurationException: if an argument is out of range or of the wrong type.
 
     Example:
-        >>> from rankme import RankMeCollapseGuard
         >>> RankMeCollapseGuard(monitor="rankme", start_epoch=5, fraction=0.5).best_value is None
         True
     """
@@ -146,7 +143,8 @@ class RankMeCollapseGuard(_IgnoresWarmup):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(monitor=self.monitor, fraction=self.fraction, min_value=self.min_value)
+        settings = {"start_epoch": self.start_epoch, "fraction": self.fraction, "min_value": self.min_value}
+        return self._generate_state_key(monitor=self.monitor, **settings)  # in the order of the checkpoints before
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

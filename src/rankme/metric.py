@@ -48,7 +48,9 @@ def _add_gram_(gram: Tensor, rows: Tensor, block: int | None) -> None:
 class _BlockTuner:
     """Chooses the leaf of :func:`_add_gram_` per device type and D by timing the metric's own products.
 
-    The first full-buffer products try each candidate once, then the two fastest again; the fastest is kept.
+    The first full-buffer products try the candidates in turn, three times each; the lowest median time is kept.
+    A product takes tens of milliseconds and timings move by about 5% between products: one try apiece often
+    picked a leaf 5% slower than the best.
     """
 
     def __init__(self) -> None:
@@ -68,19 +70,20 @@ class _BlockTuner:
         """:func:`_add_gram_` at this D's leaf; a ``timed`` product (a full buffer or more) may try a candidate."""
         key = (gram.device.type, rows.shape[1])
         timings = self.timings.setdefault(key, {leaf: [] for leaf in self.candidates(rows.shape[1])})
-        finalists = sorted(timings, key=lambda leaf: min(timings[leaf], default=0.0))[:2]  # untried ones first
-        again = [leaf for leaf in finalists if len(timings[leaf]) < 2 and len(timings) > 1]
-        if timed and key not in self.choice and not again:
-            self.choice[key] = finalists[0]
+        leaf = min(timings, key=lambda leaf: len(timings[leaf]))  # the next in turn
+        if timed and key not in self.choice and len(timings) == 1:
+            self.choice[key] = None  # below D=256: the full product alone
+        elif timed and key not in self.choice and len(timings[leaf]) == 3:
+            self.choice[key] = min(timings, key=lambda leaf: sorted(timings[leaf])[1])  # the lowest median of 3
         if not timed or key in self.choice:
             _add_gram_(gram, rows, block=self.default(gram.device, rows.shape[1]))
             return
         synchronize = torch.cuda.synchronize if gram.device.type == "cuda" else lambda device: None
         synchronize(gram.device)
         start = time.perf_counter()
-        _add_gram_(gram, rows, block=again[0])
+        _add_gram_(gram, rows, block=leaf)
         synchronize(gram.device)
-        timings[again[0]].append((time.perf_counter() - start) / rows.shape[0])  # per row: products differ in size
+        timings[leaf].append((time.perf_counter() - start) / rows.shape[0])  # per row: products differ in size
 
 
 _TUNER = _BlockTuner()

@@ -861,7 +861,7 @@ def explain_grid(report: Report, grid: dict[tuple[int, int], dict]) -> None:
         )
         report.findings.append(
             "Whole cost: the gram route's updates compute the lower block triangle of Z^T Z, about N*D^2*(1+b/D)"
-            " float64 FLOP (b = max(64, D/16)), at close to the float64 GEMM rate; "
+            " float64 FLOP (b: the leaf the tuner chose), at close to the float64 GEMM rate; "
             + why
             + "; cells where the gram route costs more: "
             + (", ".join(f"{n}x{dd}: {r:.2f}x" for n, dd, r in over) if over else "none in this run")

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 import torch
-from callback_models import Encoder, loader
+from callback_models import Encoder, loader, make_trainer
 from conftest import host_reads_from_rankme, reference_rankme
-from lightning.pytorch import Trainer
 
 import rankme
 from rankme import RankMeCallback
@@ -22,15 +21,7 @@ from rankme import RankMeCallback
 
 def validate_counting_reads(tmp_path: Path, batches: int, **options: Any) -> tuple[list[str], float, float]:
     model = Encoder()
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        callbacks=[RankMeCallback(module="backbone", **options)],
-    )
+    trainer = make_trainer(tmp_path, [RankMeCallback(module="backbone", **options)])
     with host_reads_from_rankme() as calls:
         results = trainer.validate(model, loader(8 * batches, batch_size=8), verbose=False)
     return calls, results[0]["rankme"], reference_rankme(torch.cat(model.recorded[0]["backbone"]))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from callback_models import Encoder, loader
+from callback_models import Encoder, loader, make_trainer
 from conftest import reference_rankme
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -85,16 +85,9 @@ class ScriptedEncoder(LightningModule):
 
 
 def fit(tmp_path: Path, model: LightningModule, callbacks: list[Callback], max_epochs: int, **kwargs: Any) -> Trainer:
-    trainer = Trainer(
-        max_epochs=max_epochs,
-        callbacks=[RankMeCallback(module="backbone"), *callbacks],
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        num_sanity_val_steps=0,
+    callbacks = [RankMeCallback(module="backbone"), *callbacks]
+    trainer = make_trainer(
+        tmp_path, callbacks, max_epochs=max_epochs, enable_checkpointing=True, num_sanity_val_steps=0
     )
     trainer.fit(model, **kwargs)
     return trainer

@@ -24,7 +24,7 @@ from common import best_interleaved, median_time
 from torch import Tensor
 
 from rankme import RankMe
-from rankme.metric import _BUFFER_ROWS, _TUNER, _add_gram_
+from rankme.metric import _BUFFER_ROWS, _TUNER, _add_gram_, _float64_rows
 
 
 def full_update(gram: Tensor, z64: Tensor) -> None:
@@ -103,7 +103,8 @@ class UpdateRate:
     d: int
     rows: int
     metric_s: float  # RankMe.update of float32 batches, with the final flush (check, cast, product)
-    kernel_s: float  # the shipped product alone (_add_gram_ at the chosen leaf) on float64 buffers
+    kernel_s: float  # the shipped product alone (_add_gram_ at the chosen leaf) on float64 buffers, shipped layout
+    dense_kernel_s: float  # the same product on contiguous buffer and state (rows D float64 apart)
     full_s: float  # the full addmm_ of the same buffers
     full_flop: float  # 2 * rows * D^2
     shipped_flop: float  # what the shipped product actually computes
@@ -136,24 +137,26 @@ class UpdateRate:
 
 def update_rates(ds: Sequence[int], batch: int, buffers: int = 4, repeats: int = 5) -> list[UpdateRate]:
     """At each D: ``RankMe.update`` over ``buffers`` full buffers of float32 batches of ``batch`` rows, the shipped
-    product alone on the same rows as float64 buffers, the full addmm_, and the product at every candidate leaf;
-    best of ``repeats``, taking turns."""
+    product alone on the same rows as float64 buffers (in the metric's layout, and contiguous), the full addmm_, and
+    the product at every candidate leaf; best of ``repeats``, taking turns."""
     results = []
     for d in ds:
         leaf = shipped_block(d)
         rows = buffers * _BUFFER_ROWS
         generator = torch.Generator().manual_seed(d)
         pool32 = [torch.randn(batch, d, generator=generator).to(common.DEVICE) for _ in range(8)]
-        chunks64 = [torch.randn(_BUFFER_ROWS, d, generator=generator, dtype=torch.float64).to(common.DEVICE)]
+        dense_chunk = torch.randn(_BUFFER_ROWS, d, generator=generator, dtype=torch.float64).to(common.DEVICE)
+        chunk = _float64_rows(_BUFFER_ROWS, d, common.DEVICE).copy_(dense_chunk)  # the metric's buffer layout
         metric = RankMe(nan_strategy="propagate").to(common.DEVICE)
-        gram = torch.zeros(d, d, dtype=torch.float64, device=common.DEVICE)
+        gram = _float64_rows(d, d, common.DEVICE, torch.zeros)
+        dense_gram = torch.zeros(d, d, dtype=torch.float64, device=common.DEVICE)
 
         def feed(metric: RankMe = metric, pool32: list[Tensor] = pool32, rows: int = rows) -> None:
             for step in range(rows // batch):
                 metric.update(pool32[step % len(pool32)])
             metric._flush()
 
-        def products(fn: Callable[[Tensor], None], chunk: Tensor = chunks64[0]) -> Callable[[], None]:
+        def products(fn: Callable[[Tensor], None], chunk: Tensor = chunk) -> Callable[[], None]:
             def run() -> None:
                 for _ in range(buffers):
                     fn(chunk)
@@ -163,6 +166,7 @@ def update_rates(ds: Sequence[int], batch: int, buffers: int = 4, repeats: int =
         fns = {
             "metric": feed,
             "kernel": products(lambda z, gram=gram, leaf=leaf: tril_update(gram, z, leaf)),
+            "dense kernel": products(lambda z, gram=dense_gram, leaf=leaf: tril_update(gram, z, leaf), dense_chunk),
             "full": products(lambda z, gram=gram: full_update(gram, z)),
         }
         for k in leaf_candidates(d):
@@ -178,6 +182,7 @@ def update_rates(ds: Sequence[int], batch: int, buffers: int = 4, repeats: int =
                 rows=rows,
                 metric_s=best["metric"],
                 kernel_s=best["kernel"],
+                dense_kernel_s=best["dense kernel"],
                 full_s=full_s,
                 full_flop=2.0 * rows * d * d,
                 shipped_flop=tril_flops(rows, d, leaf),
@@ -205,9 +210,9 @@ def update_overhead(ds: Sequence[int], batch: int, repeats: int = 20) -> list[Ov
     for d in ds:
         leaf = shipped_block(d)
         z = torch.randn(batch, d, device=common.DEVICE)
-        slot = torch.empty(batch, d, dtype=torch.float64, device=common.DEVICE)
-        chunk = torch.randn(_BUFFER_ROWS, d, dtype=torch.float64, device=common.DEVICE)
-        gram = torch.zeros(d, d, dtype=torch.float64, device=common.DEVICE)
+        slot = _float64_rows(batch, d, common.DEVICE)
+        chunk = _float64_rows(_BUFFER_ROWS, d, common.DEVICE).copy_(torch.randn(_BUFFER_ROWS, d, dtype=torch.float64))
+        gram = _float64_rows(d, d, common.DEVICE, torch.zeros)
         finite = torch.ones((), dtype=torch.bool, device=common.DEVICE)
         metric = RankMe(nan_strategy="propagate").to(common.DEVICE)
 

@@ -519,6 +519,97 @@ def test_reset_drops_the_queued_rows_and_the_buffer_stays_fixed_in_size() -> Non
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The layout of the buffer and the state: rows an odd number of 64-byte lines apart
+# ---------------------------------------------------------------------------------------------------------
+
+
+def assert_rows_an_odd_number_of_lines_apart(t: torch.Tensor) -> None:
+    # At a power-of-two row stride (D=2048 float64) the GEMM blocks of the product alias in the CPU caches.
+    stride, d = t.stride(0), t.shape[1]
+    assert t.dtype == torch.float64
+    assert t.stride(1) == 1
+    assert stride % 8 == 0, f"D={d}: rows {stride} float64 apart, not whole 64-byte lines"
+    assert (stride // 8) % 2 == 1, f"D={d}: rows {stride} float64 apart, an even number of 64-byte lines"
+    assert d <= stride < d + 16
+
+
+def padding_of(t: torch.Tensor) -> torch.Tensor:
+    """The storage between the end of each row of ``t`` and the start of the next (empty if contiguous)."""
+    return t.as_strided((t.shape[0], t.stride(0)), (t.stride(0), 1))[:, t.shape[1] :]
+
+
+@pytest.mark.parametrize("d", [1, 7, 8, 24, 300, 1000, 2048])
+def test_the_buffer_and_the_state_lay_rows_an_odd_number_of_cache_lines_apart(d: int) -> None:
+    z = make_embeddings("gaussian", n=40, d=d, seed=d)
+    metric = fed(RankMe(nan_strategy="propagate"), [z[:25], z[25:]])
+    assert metric._rows is not None
+    assert_rows_an_odd_number_of_lines_apart(metric._rows)
+    assert_rows_an_odd_number_of_lines_apart(metric.gram)
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+
+
+@pytest.mark.parametrize("source", ["merge_state", "load_state_dict", "sync-rescale", "to"])
+def test_the_state_regains_its_layout_after_a_merge_load_or_move(source: str) -> None:
+    # Sums, rescalings and moves make a contiguous state; the next product lays it out again, values intact.
+    from rankme.metric import _BUFFER_ROWS
+
+    d = 64
+    z = make_embeddings("relu", n=3 * _BUFFER_ROWS, d=d, seed=6)
+    metric = fed(RankMe(), [z[:_BUFFER_ROWS]])
+    if source == "merge_state":
+        metric.merge_state(fed(RankMe(), [times_two_to(z[_BUFFER_ROWS : 2 * _BUFFER_ROWS], 600)]))
+    elif source == "load_state_dict":
+        other = fed(RankMe(), [z[_BUFFER_ROWS : 2 * _BUFFER_ROWS]])
+        other.persistent(True)
+        metric.persistent(True)
+        metric.load_state_dict({**other.state_dict(), "gram": other.gram.contiguous()})
+    elif source == "sync-rescale":
+        metric._rescale_to(torch.tensor(2.0**10, dtype=torch.float64))
+        fed(metric, [z[_BUFFER_ROWS : 2 * _BUFFER_ROWS]])
+    else:
+        metric = fed(metric.to(torch.device("cpu")), [z[_BUFFER_ROWS : 2 * _BUFFER_ROWS]])
+        metric.gram = metric.gram.contiguous()  # what a move to another device leaves
+    assert metric.gram.is_contiguous() or source in ("sync-rescale", "to")
+    fed(metric, [z[2 * _BUFFER_ROWS :]])
+    metric._flush()
+    assert_rows_an_odd_number_of_lines_apart(metric.gram)
+    rows = {
+        "merge_state": torch.cat(
+            [z[:_BUFFER_ROWS] * 2.0**-600, z[_BUFFER_ROWS : 2 * _BUFFER_ROWS], z[2 * _BUFFER_ROWS :] * 2.0**-600]
+        ),
+        "load_state_dict": z[_BUFFER_ROWS:],
+    }.get(source, z)
+    assert value_of(metric) == pytest.approx(reference_rankme(rows), rel=1e-6)
+
+
+def test_nothing_in_the_padding_between_rows_reaches_the_value() -> None:
+    from rankme.metric import _BUFFER_ROWS
+
+    z = make_embeddings("low_rank", n=_BUFFER_ROWS + 700, d=48, seed=2)  # 6 lines a row: padded to 7
+    metric = fed(RankMe(nan_strategy="propagate"), [z[:100]])
+    assert metric._rows is not None
+    assert padding_of(metric._rows).numel()
+    assert padding_of(metric.gram).numel()
+    padding_of(metric._rows).fill_(math.nan)  # uninitialised memory may hold anything
+    padding_of(metric.gram).fill_(math.inf)
+    fed(metric, list(z[100:].split(300)))
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+
+
+def test_a_batch_larger_than_the_buffer_goes_through_it_without_a_float64_copy() -> None:
+    # Memory stays bounded by the buffer whatever the batch: no float64 copy of a whole large batch.
+    from rankme.metric import _BUFFER_ROWS
+
+    d = 48
+    z = make_embeddings("gaussian", n=3 * _BUFFER_ROWS + 5, d=d, seed=3).float()  # an encoder's float32 output
+    metric = fed(RankMe(nan_strategy="propagate"), [z[:100]])
+    with _Float64Outputs() as outputs:
+        metric.update(z[100:])
+    assert outputs.largest <= metric._rows.numel()  # type: ignore[union-attr]
+    assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Float32 and narrower batches: multiplied as they are while the state is in units of 1
 # ---------------------------------------------------------------------------------------------------------
 
@@ -535,6 +626,19 @@ class _LargeOps(TorchDispatchMode):
         tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
         if any(t.numel() >= self.numel for t in tensors):
             self.names.append(func.overloadpacket.__name__)
+        return out
+
+
+class _Float64Outputs(TorchDispatchMode):
+    """Records the largest number of elements of any float64 tensor an aten op returns."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                self.largest = max(self.largest, t.numel())
         return out
 
 

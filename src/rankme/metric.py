@@ -25,6 +25,12 @@ _BUFFER_ROWS = 2048
 """Rows gathered (float64) before one product: small GEMMs run well below the machine's float64 rate."""
 
 
+def _float64_rows(n: int, d: int, device: torch.device, make: Callable[..., Tensor] = torch.empty) -> Tensor:
+    """Float64 (n, d) from ``make`` whose rows lie an odd number of 64-byte lines apart, never a power of two."""
+    # At D=2048's stride the blocks of _add_gram_ alias in the CPU caches: 6-15% slower (benchmarks/limit_bench.py).
+    return make(n, (-(-d // 8) | 1) * 8, dtype=torch.float64, device=device)[:, :d]
+
+
 def _add_gram_(gram: Tensor, rows: Tensor, block: int | None) -> None:
     """``gram += rows^T rows`` on and below the diagonal, in place; the strictly upper part is left stale.
 
@@ -48,9 +54,8 @@ def _add_gram_(gram: Tensor, rows: Tensor, block: int | None) -> None:
 class _BlockTuner:
     """Chooses the leaf of :func:`_add_gram_` per device type and D by timing the metric's own products.
 
-    The first full-buffer products try the candidates in turn, three times each; the lowest median time is kept.
-    A product takes tens of milliseconds and timings move by about 5% between products: one try apiece often
-    picked a leaf 5% slower than the best.
+    The first full-buffer products try the candidates in turn, three times each; the lowest median time is kept
+    (timings move by about 5% between products: one try apiece often picked a leaf 5% slower than the best).
     """
 
     def __init__(self) -> None:
@@ -67,7 +72,7 @@ class _BlockTuner:
         return self.choice.get((device.type, d), max(64, d // 8) if d >= 256 else None)
 
     def add_gram_(self, gram: Tensor, rows: Tensor, timed: bool) -> None:
-        """:func:`_add_gram_` at this D's leaf; a ``timed`` product (a full buffer or more) may try a candidate."""
+        """:func:`_add_gram_` at this D's leaf; a ``timed`` product (a full buffer) may try a candidate."""
         key = (gram.device.type, rows.shape[1])
         timings = self.timings.setdefault(key, {leaf: [] for leaf in self.candidates(rows.shape[1])})
         leaf = min(timings, key=lambda leaf: len(timings[leaf]))  # the next in turn
@@ -83,7 +88,7 @@ class _BlockTuner:
         start = time.perf_counter()
         _add_gram_(gram, rows, block=leaf)
         synchronize(gram.device)
-        timings[leaf].append((time.perf_counter() - start) / rows.shape[0])  # per row: products differ in size
+        timings[leaf].append(time.perf_counter() - start)
 
 
 _TUNER = _BlockTuner()
@@ -204,7 +209,7 @@ class RankMe(Metric):
             self.embeddings.append(torch.zeros(0, num_features, dtype=torch.float64, device=self.device))
             return
         try:
-            self.gram = torch.zeros(num_features, num_features, dtype=torch.float64, device=self.device)
+            self.gram = _float64_rows(num_features, num_features, self.device, torch.zeros)
         except RuntimeError as err:  # torch.OutOfMemoryError included
             raise ValueError(
                 f"Expected D x D float64 to fit in memory in gram mode, but D={num_features} needs"
@@ -278,36 +283,32 @@ class RankMe(Metric):
 
     def _queue(self, z: Tensor, abs_max: Tensor, finite: Tensor | None = None) -> None:
         """Cast a batch into the row buffer, multiplied in when full; a non-``finite`` one as zeros. No host read."""
-        n, room = z.shape[0], _BUFFER_ROWS - self._rows_filled
-        if room < n < _BUFFER_ROWS:  # fill the buffer to the brim, so that every buffered product is full size
-            self._queue(z[:room], abs_max, finite)
-            z = z[room:]
-        if (n := z.shape[0]) >= _BUFFER_ROWS:  # its own product, on a copy (_flush may scale it in place)
-            self._flush()
-            rows = z.to(device=self.device, dtype=torch.float64, copy=True)
-        elif n:
-            if self._rows is None:
-                self._rows = torch.empty(_BUFFER_ROWS, z.shape[1], dtype=torch.float64, device=self.device)
-            rows = self._rows[self._rows_filled : self._rows_filled + n].copy_(z)
-        else:
+        if (room := _BUFFER_ROWS - self._rows_filled) < z.shape[0]:  # fill the buffer to the brim, then by buffers
+            for part in (z[:room], *z[room:].split(_BUFFER_ROWS)):
+                self._queue(part, abs_max, finite)
             return
+        if not (n := z.shape[0]):
+            return
+        if self._rows is None:
+            self._rows = _float64_rows(_BUFFER_ROWS, z.shape[1], self.device)
+        rows = self._rows[self._rows_filled : self._rows_filled + n].copy_(z)
         if finite is not None:
             rows.masked_fill_(~finite, 0.0)
             abs_max = torch.where(finite, abs_max, 0.0)
         self._rows_abs_max = torch.maximum(self._rows_abs_max.to(self.device), abs_max)
         self._rows_wide, self._rows_filled = self._rows_wide or z.element_size() > 4, self._rows_filled + n
         if self._rows_filled >= _BUFFER_ROWS:
-            self._flush(rows if n >= _BUFFER_ROWS else None)
+            self._flush()
 
-    def _flush(self, rows: Tensor | None = None) -> None:
-        """Multiply the queued rows (or ``rows``) into the Gram matrix: before anything reads, syncs or saves the state.
+    def _flush(self) -> None:
+        """Multiply the queued rows into the Gram matrix: before anything reads, syncs or saves the state.
 
         Float32 and narrower rows go in as they are while the state is in units of 1: their squares cannot leave
         float64's range. Otherwise state and rows are first rescaled, exactly, to a power of two covering max |z|.
         """
-        if rows is None and (self._rows is None or not self._rows_filled):
+        if not self._rows_filled:
             return
-        rows = self._rows[: self._rows_filled] if rows is None else rows  # type: ignore[index]
+        rows = self._rows[: self._rows_filled]  # type: ignore[index]
         if self._rows_wide or not self._unit_scale:
             scale = torch.maximum(self.scale, fn._power_of_two_scale(self._rows_abs_max))
             self.gram.mul_(torch.where(scale > 0, self.scale / scale, 1.0) ** 2)
@@ -315,6 +316,8 @@ class RankMe(Metric):
             self.scale, self._unit_scale = scale, False
         else:
             self.scale = torch.where(self._rows_abs_max > 0, 1.0, self.scale)
+        if self.gram.stride(0) != rows.stride(0):  # a sum, a rescaling or a move made it contiguous: lay it out anew
+            self.gram = _float64_rows(rows.shape[1], rows.shape[1], self.device, torch.zeros).copy_(self.gram)
         _TUNER.add_gram_(self.gram, rows, timed=rows.shape[0] >= _BUFFER_ROWS)
         self._rows_filled, self._rows_wide = 0, False
         self._rows_abs_max = torch.zeros_like(self._rows_abs_max)

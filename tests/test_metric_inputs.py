@@ -386,7 +386,7 @@ def test_merge_state_carries_the_count_of_left_out_batches(center: bool) -> None
 
 
 def _uneven_batches(z: torch.Tensor, seed: int) -> list[torch.Tensor]:
-    """Batches of 1 to 1500 rows and one of 2500 (its own product), in random order."""
+    """Batches of 1 to 1500 rows and one of 2500 (more than the buffer holds), in random order."""
     g = torch.Generator().manual_seed(seed)
     batches, start = [], 0
     while start < z.shape[0]:
@@ -677,7 +677,7 @@ def test_float32_batches_at_the_edges_of_their_range_are_exact_unscaled(config: 
 @pytest.mark.parametrize("exponent", [-700, 600])
 def test_float32_and_float64_batches_of_any_magnitude_mix_exactly(exponent: int, order: str) -> None:
     # Float32 rows go in unscaled until a float64 batch (whose squares leave float64's range) sets a scale;
-    # from then on every batch, float32 included, is rescaled to it, in the buffer or in its own product.
+    # from then on every batch, float32 included, is rescaled to it in the buffer.
     z = make_embeddings("relu", n=3000, d=40, seed=4)
     wide = times_two_to(z[:500], exponent)
     narrow = [z[500:1100].float(), z[1100:3000].float()]  # the second fills the buffer and spills over

@@ -1,8 +1,10 @@
 """How close the Gram update is to the machine's float64 matrix-product rate, and where symmetry pays.
 
-The update adds ``Z^T Z`` of the rows to a float64 D x D state. The limit is the float64 rate of ``torch.mm``
-measured in the same run. ``RankMe.update`` casts each float32 batch into a float64 buffer of 2048 rows
-(``rankme.metric._BUFFER_ROWS``) and multiplies a full buffer in one product. ``Z^T Z`` is symmetric and
+The update adds ``Z^T Z`` of the rows to a float64 D x D state. The limit is the best float64 rate of ``torch.mm``
+measured in the same run, with contiguous rows and with rows laid out as the metric lays them. ``RankMe.update``
+casts each float32 batch into a float64 buffer of 2048 rows (``rankme.metric._BUFFER_ROWS``), whose rows (like the
+state's) lie an odd number of 64-byte lines apart (``rankme.metric._float64_rows``), and multiplies a full buffer
+in one product. ``Z^T Z`` is symmetric and
 ``torch.linalg.eigvalsh`` reads only the lower triangle, so the product (``rankme.metric._add_gram_``) computes the
 lower triangle recursively: the off-diagonal block of the two halves in one GEMM, then each half's triangle the same
 way, down to diagonal squares of at most ``leaf`` features, which are full products (``1 + leaf / D`` times ``n D^2``
@@ -81,20 +83,28 @@ class MatmulRate:
 
 
 def matmul_rates(ds: Sequence[int], batch: int, square: Sequence[int], repeats: int = 5) -> list[MatmulRate]:
-    """float64 torch.mm rates (best of ``repeats``): the update's own shape (D x n) @ (n x D) at each D, and
-    square products."""
+    """float64 torch.mm rates (best of ``repeats``, the two layouts taking turns): the update's own shape
+    (D x n) @ (n x D) at each D, and square products; each with contiguous rows and with rows laid out as the metric
+    lays them (an odd number of 64-byte lines apart), so that the limit is the faster of the two."""
+
+    def padded(t: Tensor) -> Tensor:
+        return _float64_rows(t.shape[0], t.shape[1], common.DEVICE).copy_(t)
+
+    shapes = [(f"({d}x{batch}) @ ({batch}x{d})", d, batch, d) for d in ds] + [
+        (f"({m}x{m}) @ ({m}x{m})", m, m, m) for m in square
+    ]
     rates = []
-    for d in ds:
-        a = torch.randn(batch, d, dtype=torch.float64, device=common.DEVICE)
-        at = a.T.contiguous()
-        out = torch.empty(d, d, dtype=torch.float64, device=common.DEVICE)
-        seconds = best_interleaved({"mm": lambda a=a, at=at, out=out: torch.mm(at, a, out=out)}, repeats)["mm"]
-        rates.append(MatmulRate(f"mm ({d}x{batch}) @ ({batch}x{d})", seconds, 2 * batch * d * d / seconds / 1e9))
-    for m in square:
-        a = torch.randn(m, m, dtype=torch.float64, device=common.DEVICE)
-        out = torch.empty(m, m, dtype=torch.float64, device=common.DEVICE)
-        seconds = best_interleaved({"mm": lambda a=a, out=out: torch.mm(a, a, out=out)}, repeats)["mm"]
-        rates.append(MatmulRate(f"mm ({m}x{m}) @ ({m}x{m})", seconds, 2 * m**3 / seconds / 1e9))
+    for label, m, k, n in shapes:
+        a = torch.randn(m, k, dtype=torch.float64, device=common.DEVICE)
+        b = torch.randn(k, n, dtype=torch.float64, device=common.DEVICE)
+        out = torch.empty(m, n, dtype=torch.float64, device=common.DEVICE)
+        operands = {"contiguous": (a, b, out), "rows padded": (padded(a), padded(b), padded(out))}
+        best = best_interleaved(
+            {name: lambda a=a, b=b, out=out: torch.mm(a, b, out=out) for name, (a, b, out) in operands.items()},
+            repeats,
+        )
+        for name, seconds in best.items():
+            rates.append(MatmulRate(f"mm {label}, {name}", seconds, 2 * m * k * n / seconds / 1e9))
     return rates
 
 
@@ -104,7 +114,8 @@ class UpdateRate:
     rows: int
     metric_s: float  # RankMe.update of float32 batches, with the final flush (check, cast, product)
     kernel_s: float  # the shipped product alone (_add_gram_ at the chosen leaf) on float64 buffers, shipped layout
-    dense_kernel_s: float  # the same product on contiguous buffer and state (rows D float64 apart)
+    dense_kernel_s: float  # the product on contiguous buffer and state (rows D float64 apart), at its best leaf
+    dense_leaf: int | None  # that leaf
     full_s: float  # the full addmm_ of the same buffers
     full_flop: float  # 2 * rows * D^2
     shipped_flop: float  # what the shipped product actually computes
@@ -166,13 +177,14 @@ def update_rates(ds: Sequence[int], batch: int, buffers: int = 4, repeats: int =
         fns = {
             "metric": feed,
             "kernel": products(lambda z, gram=gram, leaf=leaf: tril_update(gram, z, leaf)),
-            "dense kernel": products(lambda z, gram=dense_gram, leaf=leaf: tril_update(gram, z, leaf), dense_chunk),
             "full": products(lambda z, gram=gram: full_update(gram, z)),
         }
         for k in leaf_candidates(d):
+            fns[f"dense leaf{k}"] = products(lambda z, gram=dense_gram, k=k: tril_update(gram, z, k), dense_chunk)
             if k is not None:
                 fns[f"leaf{k}"] = products(lambda z, gram=gram, k=k: tril_update(gram, z, k))
         best = best_interleaved(fns, repeats)
+        dense_leaf = min(leaf_candidates(d), key=lambda k: best[f"dense leaf{k}"])
         full_s = best["full"]
         tril: dict[int | None, tuple[float, float]] = {None: (full_s, 1.0)}
         tril.update({k: (best[f"leaf{k}"], full_s / best[f"leaf{k}"]) for k in leaf_candidates(d) if k is not None})
@@ -182,7 +194,8 @@ def update_rates(ds: Sequence[int], batch: int, buffers: int = 4, repeats: int =
                 rows=rows,
                 metric_s=best["metric"],
                 kernel_s=best["kernel"],
-                dense_kernel_s=best["dense kernel"],
+                dense_kernel_s=best[f"dense leaf{dense_leaf}"],
+                dense_leaf=dense_leaf,
                 full_s=full_s,
                 full_flop=2.0 * rows * d * d,
                 shipped_flop=tril_flops(rows, d, leaf),

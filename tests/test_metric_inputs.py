@@ -548,38 +548,46 @@ def test_the_buffer_and_the_state_lay_rows_an_odd_number_of_cache_lines_apart(d:
     assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
 
 
-@pytest.mark.parametrize("source", ["merge_state", "load_state_dict", "sync-rescale", "to"])
+@pytest.mark.parametrize("source", ["merge_state", "load_state_dict", "sync-rescale", "move"])
 def test_the_state_regains_its_layout_after_a_merge_load_or_move(source: str) -> None:
     # Sums, rescalings and moves make a contiguous state; the next product lays it out again, values intact.
     from rankme.metric import _BUFFER_ROWS
 
-    d = 64
-    z = make_embeddings("relu", n=3 * _BUFFER_ROWS, d=d, seed=6)
-    metric = fed(RankMe(), [z[:_BUFFER_ROWS]])
+    z = make_embeddings("relu", n=3 * _BUFFER_ROWS, d=64, seed=6)
+    first, second, rest = z[:_BUFFER_ROWS], z[_BUFFER_ROWS : 2 * _BUFFER_ROWS], z[2 * _BUFFER_ROWS :]
+    metric = fed(RankMe(), [first])
+    rows = z
     if source == "merge_state":
-        metric.merge_state(fed(RankMe(), [times_two_to(z[_BUFFER_ROWS : 2 * _BUFFER_ROWS], 600)]))
+        metric.merge_state(fed(RankMe(), [times_two_to(second, 600)]))
+        rows = torch.cat([times_two_to(first, -600), second, times_two_to(rest, -600)])
     elif source == "load_state_dict":
-        other = fed(RankMe(), [z[_BUFFER_ROWS : 2 * _BUFFER_ROWS]])
+        other = fed(RankMe(), [second])
         other.persistent(True)
         metric.persistent(True)
-        metric.load_state_dict({**other.state_dict(), "gram": other.gram.contiguous()})
-    elif source == "sync-rescale":
+        metric.load_state_dict({**other.state_dict(), "gram": other.gram.contiguous()})  # as an older save holds it
+        rows = z[_BUFFER_ROWS:]
+    elif source == "sync-rescale":  # what _sync_dist does when another rank holds larger values
+        fed(metric, [second])
         metric._rescale_to(torch.tensor(2.0**10, dtype=torch.float64))
-        fed(metric, [z[_BUFFER_ROWS : 2 * _BUFFER_ROWS]])
     else:
-        metric = fed(metric.to(torch.device("cpu")), [z[_BUFFER_ROWS : 2 * _BUFFER_ROWS]])
-        metric.gram = metric.gram.contiguous()  # what a move to another device leaves
-    assert metric.gram.is_contiguous() or source in ("sync-rescale", "to")
-    fed(metric, [z[2 * _BUFFER_ROWS :]])
+        fed(metric, [second])
+        metric.gram = metric.gram.contiguous()  # what `.to(another_device)` leaves (no second device here)
+    assert metric.gram.is_contiguous()
+    fed(metric, [rest])
     metric._flush()
     assert_rows_an_odd_number_of_lines_apart(metric.gram)
-    rows = {
-        "merge_state": torch.cat(
-            [z[:_BUFFER_ROWS] * 2.0**-600, z[_BUFFER_ROWS : 2 * _BUFFER_ROWS], z[2 * _BUFFER_ROWS :] * 2.0**-600]
-        ),
-        "load_state_dict": z[_BUFFER_ROWS:],
-    }.get(source, z)
     assert value_of(metric) == pytest.approx(reference_rankme(rows), rel=1e-6)
+
+
+def test_loading_a_state_of_another_size_replaces_the_buffer_too() -> None:
+    z, other = make_embeddings("gaussian", n=50, d=32, seed=1), make_embeddings("low_rank", n=300, d=64, seed=2)
+    saved = fed(RankMe(), [other[:100]])
+    saved.persistent(True)
+    metric = fed(RankMe(), [z])  # 50 rows of D=32 queued in a buffer of D=32
+    metric.persistent(True)
+    metric.load_state_dict(saved.state_dict())
+    fed(metric, [other[100:]])
+    assert value_of(metric) == pytest.approx(reference_rankme(other), rel=1e-6)
 
 
 def test_nothing_in_the_padding_between_rows_reaches_the_value() -> None:
@@ -602,10 +610,12 @@ def test_a_batch_larger_than_the_buffer_goes_through_it_without_a_float64_copy()
 
     d = 48
     z = make_embeddings("gaussian", n=3 * _BUFFER_ROWS + 5, d=d, seed=3).float()  # an encoder's float32 output
-    metric = fed(RankMe(nan_strategy="propagate"), [z[:100]])
+    metric = RankMe(nan_strategy="propagate")
     with _Float64Outputs() as outputs:
+        metric.update(z[:100])
         metric.update(z[100:])
-    assert outputs.largest <= metric._rows.numel()  # type: ignore[union-attr]
+    assert metric._rows is not None
+    assert outputs.largest <= _BUFFER_ROWS * metric._rows.stride(0)  # the buffer's allocation, padding included
     assert value_of(metric) == pytest.approx(reference_rankme(z), rel=1e-6)
 
 

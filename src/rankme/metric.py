@@ -539,7 +539,7 @@ class RankMe(Metric):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Drop queued rows (the loaded state replaces theirs); a state saved before ``scale`` existed loads at 1."""
         if prefix + "gram" in state_dict:
-            self._rows_filled, self._rows_wide, self._unit_scale = 0, False, False
+            self._rows, self._rows_filled, self._rows_wide, self._unit_scale = None, 0, False, False
             if prefix + "scale" not in state_dict and self._persistent.get("scale"):
                 state_dict[prefix + "scale"] = torch.ones((), dtype=torch.float64)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

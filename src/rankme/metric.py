@@ -26,8 +26,8 @@ _BUFFER_ROWS = 2048
 
 
 def _float64_rows(n: int, d: int, device: torch.device, make: Callable[..., Tensor] = torch.empty) -> Tensor:
-    """Float64 (n, d) from ``make`` whose rows lie an odd number of 64-byte lines apart, never a power of two."""
-    # At D=2048's stride the blocks of _add_gram_ alias in the CPU caches: 6-15% slower (benchmarks/limit_bench.py).
+    """Float64 (n, d) from ``make`` with rows an odd number of 64-byte lines apart (contiguous at D=2048: 256 lines)."""
+    # At a power-of-two stride the GEMM blocks of _add_gram_ alias in the CPU caches: up to 13% slower (limit_bench).
     return make(n, (-(-d // 8) | 1) * 8, dtype=torch.float64, device=device)[:, :d]
 
 
